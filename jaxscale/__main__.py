@@ -1,0 +1,5 @@
+import sys
+
+from jaxscale.train import main
+
+sys.exit(main())

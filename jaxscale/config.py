@@ -1,0 +1,326 @@
+"""Run configuration: TOML + key=value overrides, validated into frozen dataclasses.
+
+A value given as a list where the field takes a scalar is a sweep axis; a section given as an
+array of tables (``[[model]]``) is a sweep axis over whole sections. `expand` turns one config
+into the runs of its sweep (every combination, times `sweep.repetitions`).
+"""
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import random
+import tomllib
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+
+
+class ConfigError(ValueError):
+    """Bad configuration: the message names the key or file and what is allowed."""
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    source: str = "auto"  # auto: `path` if given, else the embedded stdlib corpus; or dir | hf | stdlib
+    path: str = ""  # directory with train/valid/test text (WikiText raw layout)
+    hf_name: str = "wikitext-2-raw-v1"  # for source = "hf" (dataset "wikitext")
+    seq_len: int = 64
+
+
+@dataclass(frozen=True)
+class TokenizerConfig:
+    path: str = ""  # tokenizer.json (Hugging Face) or .model (SentencePiece); empty: train a byte-level BPE
+    vocab_size: int = 4096  # for the trained BPE
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    arch: str = "tiny"  # tiny | llama
+    name: str = ""  # label in results; default d{d_model}-l{n_layers}
+    d_model: int = 64
+    d_mlp: int = 256
+    n_layers: int = 2
+    n_heads: int = 0  # 0: max(1, d_model // 32) for tiny, d_model // 64 for llama
+    n_kv_heads: int = 0  # llama: 0 means n_heads (no grouping)
+    rope_theta: float = 10_000.0
+    norm_eps: float = 1e-5
+    tie_embeddings: bool = True  # tiny only; llama is untied
+    dtype: str = "float32"  # compute dtype: float32 | bfloat16 (parameters stay float32)
+    remat: bool = False  # rematerialise each block's activations in the backward pass
+
+    @property
+    def label(self) -> str:
+        return self.name or f"d{self.d_model}-l{self.n_layers}"
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    tokens: int = 100_000  # token budget D: steps = tokens // (batch_size * seq_len)
+    batch_size: int = 16
+    lr: float = 1e-3
+    min_lr_ratio: float = 0.1  # cosine decays to lr * min_lr_ratio
+    warmup_frac: float = 0.1  # warmup steps = ceil(warmup_frac * steps)
+    weight_decay: float = 0.1
+    beta1: float = 0.9
+    beta2: float = 0.95
+    grad_clip: float = 1.0
+    seed: int = 0
+    eval_every: int = 0  # 0: held-out loss only at the end of the run
+    eval_tokens: int = 65_536  # held-out tokens per evaluation (capped by the split's size)
+    loss_chunk: int = 128  # tokens per chunk of the fused output-layer loss; 0: materialise all logits
+
+
+@dataclass(frozen=True)
+class SweepConfig:
+    repetitions: int = 1
+    order: str = "sequential"  # sequential | random (shuffled with `seed`, recorded in the manifest)
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class EnergyConfig:
+    meter: str = "auto"  # auto | nvml | rapl | none
+    hz: float = 10.0
+    idle_s: float = 0.0
+
+
+@dataclass(frozen=True)
+class CheckpointConfig:
+    every: int = 0  # steps between checkpoints; 0: only when interrupted
+    keep: int = 2
+
+
+@dataclass(frozen=True)
+class MeshConfig:
+    data: int = -1  # -1: all devices not used by the other axes
+    fsdp: int = 1
+    tensor: int = 1
+
+
+@dataclass(frozen=True)
+class Config:
+    name: str = "run"
+    data: DataConfig = field(default_factory=DataConfig)
+    tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    sweep: SweepConfig = field(default_factory=SweepConfig)
+    energy: EnergyConfig = field(default_factory=EnergyConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    mesh: MeshConfig = field(default_factory=MeshConfig)
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """One run of a sweep: its id, its resolved config, and its repetition index."""
+
+    run_id: str
+    config: Config
+    repetition: int = 0
+
+
+SECTIONS = {f.name: f.type for f in dataclasses.fields(Config) if f.name != "name"}
+_CHOICES = {
+    "data.source": ("auto", "dir", "hf", "stdlib"),
+    "model.arch": ("tiny", "llama"),
+    "model.dtype": ("float32", "bfloat16"),
+    "sweep.order": ("sequential", "random"),
+    "energy.meter": ("auto", "nvml", "rapl", "none"),
+}
+
+
+def _section_class(name: str) -> type:
+    return {f.name: f.default_factory for f in dataclasses.fields(Config) if f.name != "name"}[name]
+
+
+def _field_types(cls: type) -> dict[str, type]:
+    hints = typing.get_type_hints(cls)
+    return {f.name: hints[f.name] for f in dataclasses.fields(cls)}
+
+
+def _coerce(key: str, value, typ: type):
+    if typ is bool:
+        if isinstance(value, bool):
+            return value
+    elif typ is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+    elif typ is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+    elif typ is str:
+        if isinstance(value, str):
+            return value
+    raise ConfigError(f"{key}: expected {typ.__name__}, got {value!r}")
+
+
+def _check_section(section: str, table) -> None:
+    if not isinstance(table, dict):
+        raise ConfigError(f"[{section}]: expected a table of keys, got {table!r}")
+    allowed = _field_types(_section_class(section))
+    for key in table:
+        if key not in allowed:
+            raise ConfigError(f"unknown key {section}.{key}; allowed: {', '.join(allowed)}")
+
+
+def parse_override(text: str) -> tuple[str, object]:
+    """`train.tokens=1e4` -> ("train.tokens", 10000.0); values are TOML, else plain strings."""
+    key, sep, raw = text.partition("=")
+    if not sep or "." not in key:
+        raise ConfigError(f"override {text!r}: expected section.key=value, e.g. train.tokens=1e4")
+    try:
+        value = tomllib.loads(f"v = {raw}")["v"]
+    except tomllib.TOMLDecodeError:
+        value = raw
+    return key.strip(), value
+
+
+def load_raw(path: str | Path, overrides: list[str] = ()) -> dict:
+    """Read a TOML config and apply overrides; unknown sections and keys are errors."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file {path} not found")
+    try:
+        raw = tomllib.loads(path.read_text())
+    except tomllib.TOMLDecodeError as err:
+        raise ConfigError(f"{path}: not valid TOML ({err})") from None
+    raw.setdefault("name", path.stem)
+    for text in overrides:
+        key, value = parse_override(text)
+        section, _, leaf = key.partition(".")
+        if section not in SECTIONS:
+            raise ConfigError(f"unknown section {section!r} in {key}; allowed: {', '.join(SECTIONS)}")
+        tables = raw.setdefault(section, {})
+        for table in tables if isinstance(tables, list) else [tables]:
+            table[leaf] = value
+    for section, tables in raw.items():
+        if section == "name":
+            continue
+        if section not in SECTIONS:
+            raise ConfigError(f"unknown section [{section}]; allowed: {', '.join(SECTIONS)}")
+        for table in tables if isinstance(tables, list) else [tables]:
+            _check_section(section, table)
+    return raw
+
+
+def _axes(raw: dict) -> list[tuple[str, list]]:
+    """Sweep axes in file order: (key, values); key is "section" for arrays of tables."""
+    axes = []
+    for section, tables in raw.items():
+        if section == "name":
+            continue
+        if isinstance(tables, list):
+            axes.append((section, tables))
+            continue
+        types = _field_types(_section_class(section))
+        for key, value in tables.items():
+            if isinstance(value, list):
+                if not value:
+                    raise ConfigError(f"{section}.{key}: an empty list sweeps over nothing")
+                axes.append((f"{section}.{key}", value))
+    return axes
+
+
+def _build(raw: dict, point: dict) -> Config:
+    sections = {}
+    for section in SECTIONS:
+        base = raw.get(section, {})
+        table = dict(point[section]) if section in point else ({} if isinstance(base, list) else dict(base))
+        for key, value in point.items():
+            if key.startswith(section + "."):
+                table[key.split(".", 1)[1]] = value
+        types = _field_types(_section_class(section))
+        values = {k: _coerce(f"{section}.{k}", v, types[k]) for k, v in table.items()}
+        for k, v in values.items():
+            allowed = _CHOICES.get(f"{section}.{k}")
+            if allowed and v not in allowed:
+                raise ConfigError(f"{section}.{k}: {v!r} is not one of {', '.join(allowed)}")
+        sections[section] = _section_class(section)(**values)
+    return Config(name=str(raw.get("name", "run")), **sections)
+
+
+def _label(key: str, value, config: Config) -> str:
+    if key == "model":
+        return config.model.label
+    leaf = key.split(".")[-1]
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    return f"{leaf}{value}"
+
+
+def validate(config: Config) -> None:
+    """Impossible values: stop before anything runs."""
+    d, t, m = config.data, config.train, config.model
+    positive = {
+        "data.seq_len": d.seq_len, "train.batch_size": t.batch_size, "model.d_model": m.d_model,
+        "model.d_mlp": m.d_mlp, "model.n_layers": m.n_layers, "tokenizer.vocab_size": config.tokenizer.vocab_size,
+        "sweep.repetitions": config.sweep.repetitions, "energy.hz": config.energy.hz, "checkpoint.keep": config.checkpoint.keep,
+    }
+    for key, value in positive.items():
+        if value <= 0:
+            raise ConfigError(f"{key}: must be > 0, got {value}")
+    for key, value in {"train.lr": t.lr, "train.eval_tokens": t.eval_tokens, "train.loss_chunk": t.loss_chunk,
+                       "train.eval_every": t.eval_every, "checkpoint.every": config.checkpoint.every,
+                       "energy.idle_s": config.energy.idle_s, "train.grad_clip": t.grad_clip}.items():
+        if value < 0:
+            raise ConfigError(f"{key}: must be >= 0, got {value}")
+    batch_tokens = t.batch_size * d.seq_len
+    if t.tokens < batch_tokens:
+        raise ConfigError(
+            f"train.tokens: budget {t.tokens} is smaller than one batch "
+            f"(train.batch_size {t.batch_size} x data.seq_len {d.seq_len} = {batch_tokens})")
+    if not 0 <= t.warmup_frac < 1:
+        raise ConfigError(f"train.warmup_frac: must be in [0, 1), got {t.warmup_frac}")
+    n_heads = m.n_heads or default_heads(m)
+    if m.d_model % n_heads:
+        raise ConfigError(f"model.n_heads: {n_heads} does not divide model.d_model {m.d_model}")
+    if m.n_kv_heads and n_heads % m.n_kv_heads:
+        raise ConfigError(f"model.n_kv_heads: {m.n_kv_heads} does not divide n_heads {n_heads}")
+    if d.source == "dir" and not d.path:
+        raise ConfigError("data.path: data.source = 'dir' needs a directory of train/valid/test text")
+    if d.path and not Path(d.path).is_dir():
+        raise ConfigError(f"data.path: corpus directory {d.path} not found")
+    if config.tokenizer.path and not Path(config.tokenizer.path).is_file():
+        raise ConfigError(f"tokenizer.path: file {config.tokenizer.path} not found (.json or .model)")
+
+
+def default_heads(model: ModelConfig) -> int:
+    if model.arch == "llama":
+        return max(1, model.d_model // 64)
+    return max(1, model.d_model // 32)
+
+
+def expand(raw: dict) -> list[RunSpec]:
+    """Every combination of the sweep axes, times the repetitions; validated, in run order."""
+    axes = _axes(raw)
+    keys = [key for key, _ in axes]
+    runs = []
+    for combo in itertools.product(*(values for _, values in axes)):
+        point = dict(zip(keys, combo))
+        config = _build(raw, point)
+        validate(config)
+        labels = [_label(k, v, config) for k, v in point.items()]
+        reps = config.sweep.repetitions
+        for rep in range(reps):
+            seed = config.train.seed if reps == 1 else repetition_seed(config.train.seed, rep)
+            cfg = dataclasses.replace(config, train=dataclasses.replace(config.train, seed=seed))
+            parts = labels + ([f"rep{rep}"] if reps > 1 else [])
+            runs.append(RunSpec(run_id="-".join(parts) or config.name, config=cfg, repetition=rep))
+    ids = [r.run_id for r in runs]
+    runs = [dataclasses.replace(r, run_id=f"{i:03d}-{r.run_id}") for i, r in enumerate(runs)]
+    if len(set(ids)) != len(ids):
+        raise ConfigError("two runs of the sweep have the same labels; give each [[model]] a distinct name")
+    if runs and runs[0].config.sweep.order == "random":
+        random.Random(runs[0].config.sweep.seed).shuffle(runs)
+    return runs
+
+
+def repetition_seed(base_seed: int, repetition: int) -> int:
+    """A repetition's seed: fixed by (base seed, index), independent of run order and sweep size."""
+    return random.Random(base_seed * 1_000_003 + repetition).randrange(2**31)
+
+
+def to_dict(config: Config) -> dict:
+    return dataclasses.asdict(config)

@@ -1,0 +1,1 @@
+"""Text in, token windows out: corpora, tokenizers with an on-disk token cache, Grain loaders."""

@@ -1,0 +1,76 @@
+"""Grain pipelines over token windows: exactly `steps` batches for a budget, reshuffled each epoch."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import grain
+import numpy as np
+
+from jaxscale.config import ConfigError
+
+
+@dataclass(frozen=True)
+class Budget:
+    """What a token budget D becomes: steps = D // (batch x seq_len) full batches."""
+
+    steps: int
+    tokens: int  # tokens actually trained on: steps x batch x seq_len
+    epochs: float  # passes over the train split's windows
+    windows: int  # windows of seq_len + 1 tokens in one pass
+
+
+def windows_in(n_tokens: int, seq_len: int) -> int:
+    """Non-overlapping windows of seq_len inputs; each also needs its next token as a target."""
+    return max(0, (n_tokens - 1) // seq_len)
+
+
+def plan_budget(n_tokens: int, seq_len: int, batch_size: int, budget: int) -> Budget:
+    steps = budget // (batch_size * seq_len)
+    windows = windows_in(n_tokens, seq_len)
+    if windows < batch_size:
+        raise ConfigError(f"train split has {windows} windows of {seq_len + 1} tokens, fewer than one batch "
+                          f"(train.batch_size {batch_size}); use a larger corpus or smaller data.seq_len")
+    return Budget(steps=steps, tokens=steps * batch_size * seq_len, epochs=steps * batch_size / windows, windows=windows)
+
+
+class _Windows:
+    """Random access to window i of a (memmapped) token array, as int32 [seq_len + 1]."""
+
+    def __init__(self, tokens: np.ndarray, seq_len: int):
+        self.tokens, self.seq_len = tokens, seq_len
+
+    def __len__(self):
+        return windows_in(len(self.tokens), self.seq_len)
+
+    def __getitem__(self, i):
+        start = i * self.seq_len
+        return np.asarray(self.tokens[start:start + self.seq_len + 1], dtype=np.int32)
+
+
+def train_dataset(tokens: np.ndarray, seq_len: int, batch_size: int, steps: int, seed: int,
+                  shard_index: int = 0, shard_count: int = 1) -> grain.MapDataset:
+    """`steps` global batches of `batch_size` windows; this process gets rows shard_index::shard_count
+    of each, so the global batches are the same whatever the number of processes."""
+    if batch_size % shard_count:
+        raise ConfigError(f"train.batch_size {batch_size} is not divisible by the {shard_count} processes")
+    windows = _Windows(tokens, seq_len)
+    epochs = -(-steps * batch_size // len(windows))
+    ds = grain.MapDataset.source(windows).shuffle(seed=seed).repeat(epochs)
+    ds = ds[: steps * batch_size][shard_index::shard_count]
+    return ds.batch(batch_size // shard_count, drop_remainder=True)
+
+
+def train_iterator(ds: grain.MapDataset) -> grain.DatasetIterator:
+    """An iterator whose position survives checkpoints (`get_state`/`set_state`)."""
+    return iter(ds.to_iter_dataset())
+
+
+def eval_batches(tokens: np.ndarray, seq_len: int, batch_size: int, max_tokens: int) -> list[np.ndarray]:
+    """The first windows of a held-out split, in order, as whole batches (at least one window)."""
+    windows = _Windows(tokens, seq_len)
+    n = min(len(windows), max(1, max_tokens // seq_len))
+    if n == 0:
+        raise ConfigError(f"held-out split has fewer than {seq_len + 1} tokens; cannot evaluate")
+    rows = np.stack([windows[i] for i in range(n)])
+    size = min(batch_size, n)
+    return [rows[i:i + size] for i in range(0, n - n % size, size)]

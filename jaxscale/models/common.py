@@ -1,0 +1,63 @@
+"""What every model shares: construction from a config, parameter counts and FLOPs per token."""
+from __future__ import annotations
+
+import math
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from jaxscale.config import ModelConfig, default_heads
+
+
+def build_model(cfg: ModelConfig, vocab_size: int, seq_len: int):
+    if cfg.arch == "tiny":
+        from jaxscale.models.tiny import TinyTransformer
+        return TinyTransformer(cfg, vocab_size, seq_len)
+    if cfg.arch == "llama":
+        from jaxscale.models.llama import Llama
+        return Llama(cfg, vocab_size, seq_len)
+    raise ValueError(f"model.arch: {cfg.arch!r} is not one of tiny, llama")
+
+
+def abstract_params(cfg: ModelConfig, vocab_size: int, seq_len: int):
+    """Parameter shapes without allocating them (works for billion-parameter models on a laptop);
+    plain ShapeDtypeStructs, without the logical-axis boxes that the Llama's init returns."""
+    model = build_model(cfg, vocab_size, seq_len)
+    tokens = jax.ShapeDtypeStruct((1, min(seq_len, 8)), jnp.int32)
+    return nn.unbox(jax.eval_shape(lambda t: model.init(jax.random.key(0), t), tokens)["params"])
+
+
+def count_params(cfg: ModelConfig, vocab_size: int, seq_len: int) -> tuple[int, int]:
+    """(all parameters, parameters without embeddings): token and position embeddings and an
+    untied output layer are embeddings; a tied output layer is counted once."""
+    params = abstract_params(cfg, vocab_size, seq_len)
+    total = sum(math.prod(x.shape) for x in jax.tree.leaves(params))
+    embed = sum(math.prod(x.shape) for name in EMBEDDING_PARAMS if name in params
+                for x in jax.tree.leaves(params[name]))
+    return total, total - embed
+
+
+EMBEDDING_PARAMS = ("tok_embed", "pos_embed", "lm_head")
+
+
+def heads(cfg: ModelConfig) -> int:
+    return cfg.n_heads or default_heads(cfg)
+
+
+def flops_per_token(cfg: ModelConfig, vocab_size: int, seq_len: int) -> int:
+    """Training FLOPs per token counted matmul by matmul (forward + backward = 3 x forward):
+    every dense layer, the output layer and causal attention (QK^T and AV, halved for the mask);
+    the embedding lookup excluded. This is what MFU figures use; `6 * n_params` is what results.csv uses."""
+    d, L = cfg.d_model, cfg.n_layers
+    n_heads = heads(cfg)
+    head_dim = d // n_heads
+    kv = (cfg.n_kv_heads or n_heads) * head_dim
+    if cfg.arch == "llama":
+        mlp = 3 * d * cfg.d_mlp
+    else:
+        mlp = 2 * d * cfg.d_mlp
+    per_layer = d * d + 2 * d * kv + d * d + mlp  # q, k, v, out projections and the MLP (MACs)
+    attention = d * seq_len  # QK^T + AV: 2 * seq_len * d MACs, halved by the causal mask
+    forward_macs = L * (per_layer + attention) + d * vocab_size
+    return 6 * forward_macs

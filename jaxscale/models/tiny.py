@@ -1,0 +1,55 @@
+"""The tiny transformer of the N-vs-D study: causal, pre-norm (LayerNorm), GELU MLP, learned
+positions, tied input/output embeddings by default."""
+from __future__ import annotations
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from jaxscale.config import ModelConfig
+from jaxscale.models.common import heads
+
+INIT = nn.initializers.normal(stddev=0.02)
+
+
+class Block(nn.Module):
+    cfg: ModelConfig
+
+    @nn.compact
+    def __call__(self, x):
+        cfg = self.cfg
+        dtype = jnp.dtype(cfg.dtype)
+        n_heads = heads(cfg)
+        b, t, d = x.shape
+        out_init = nn.initializers.normal(stddev=0.02 / (2 * cfg.n_layers) ** 0.5)
+
+        h = nn.LayerNorm(dtype=dtype, name="ln_attn")(x)
+        qkv = nn.DenseGeneral((3, n_heads, d // n_heads), dtype=dtype, kernel_init=INIT, name="qkv")(h)
+        q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
+        att = jax.nn.dot_product_attention(q, k, v, is_causal=True)
+        x = x + nn.DenseGeneral(d, axis=(-2, -1), dtype=dtype, kernel_init=out_init, name="attn_out")(att)
+
+        h = nn.LayerNorm(dtype=dtype, name="ln_mlp")(x)
+        h = nn.gelu(nn.Dense(cfg.d_mlp, dtype=dtype, kernel_init=INIT, name="mlp_in")(h))
+        return x + nn.Dense(d, dtype=dtype, kernel_init=out_init, name="mlp_out")(h)
+
+
+class TinyTransformer(nn.Module):
+    cfg: ModelConfig
+    vocab_size: int
+    seq_len: int
+
+    @nn.compact
+    def __call__(self, tokens):
+        cfg = self.cfg
+        dtype = jnp.dtype(cfg.dtype)
+        embed = nn.Embed(self.vocab_size, cfg.d_model, embedding_init=INIT, name="tok_embed")
+        pos = self.param("pos_embed", INIT, (self.seq_len, cfg.d_model))
+        x = (embed(tokens) + pos[: tokens.shape[1]]).astype(dtype)
+        block = nn.remat(Block) if cfg.remat else Block
+        for i in range(cfg.n_layers):
+            x = block(cfg, name=f"block_{i}")(x)
+        x = nn.LayerNorm(dtype=dtype, name="ln_final")(x)
+        unembed = embed.embedding if cfg.tie_embeddings else self.param(
+            "lm_head", INIT, (self.vocab_size, cfg.d_model))
+        return x, unembed.astype(dtype)
