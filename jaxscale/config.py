@@ -280,10 +280,6 @@ def validate(config: Config) -> None:
         raise ConfigError(f"model.n_kv_heads: {m.n_kv_heads} does not divide n_heads {n_heads}")
     if d.source == "dir" and not d.path:
         raise ConfigError("data.path: data.source = 'dir' needs a directory of train/valid/test text")
-    if d.path and not Path(d.path).is_dir():
-        raise ConfigError(f"data.path: corpus directory {d.path} not found")
-    if config.tokenizer.path and not Path(config.tokenizer.path).is_file():
-        raise ConfigError(f"tokenizer.path: file {config.tokenizer.path} not found (.json or .model)")
 
 
 def default_heads(model: ModelConfig) -> int:

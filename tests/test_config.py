@@ -1,0 +1,76 @@
+import pytest
+
+from jaxscale.config import ConfigError, expand, load_raw, parse_override, repetition_seed
+
+
+def write(tmp_path, text, name="c.toml"):
+    path = tmp_path / name
+    path.write_text(text)
+    return path
+
+
+def test_lists_and_arrays_of_tables_are_sweep_axes(tmp_path):
+    path = write(tmp_path, """
+[[model]]
+d_model = 16
+d_mlp = 64
+n_layers = 1
+[[model]]
+d_model = 32
+d_mlp = 128
+n_layers = 2
+[train]
+tokens = [1024, 4096, 8192]
+lr = [1e-3, 3e-3]
+batch_size = 4
+[data]
+seq_len = 16
+""")
+    runs = expand(load_raw(path))
+    assert len(runs) == 2 * 3 * 2
+    assert len({r.run_id for r in runs}) == 12
+    assert {(r.config.model.d_model, r.config.model.n_layers) for r in runs} == {(16, 1), (32, 2)}
+    assert sorted({r.config.train.tokens for r in runs}) == [1024, 4096, 8192]
+    assert all(isinstance(r.config.train.tokens, int) for r in runs)
+    assert runs[0].run_id == "000-d16-l1-tokens1024-lr0.001"
+
+
+def test_overrides_are_toml_values_or_strings(tmp_path):
+    path = write(tmp_path, "[train]\ntokens = 2048\nbatch_size = 2\n[data]\nseq_len = 8\n")
+    raw = load_raw(path, ["train.tokens=[4096, 8192]", "data.path=some/dir", "train.lr=0.01"])
+    assert raw["train"]["tokens"] == [4096, 8192] and raw["data"]["path"] == "some/dir"
+    assert parse_override("model.name=big") == ("model.name", "big")
+    with pytest.raises(ConfigError, match="section.key=value"):
+        parse_override("tokens=5")
+
+
+@pytest.mark.parametrize("text, message", [
+    ("[train]\ntoken = 5\n", r"unknown key train.token; allowed: tokens, batch_size"),
+    ("[trian]\ntokens = 5\n", r"unknown section \[trian\]"),
+    ("[train]\nbatch_size = 'big'\n", r"train.batch_size: expected int, got 'big'"),
+    ("[train]\nbatch_size = 2.5\n", r"train.batch_size: expected int, got 2.5"),
+    ("[train]\ntokens = 100\n", r"train.tokens: budget 100 is smaller than one batch \(train.batch_size 16 x data.seq_len 64 = 1024\)"),
+    ("[model]\narch = 'rnn'\n", r"model.arch: 'rnn' is not one of tiny, llama"),
+    ("[model]\nd_model = 30\nn_heads = 4\n", r"model.n_heads: 4 does not divide model.d_model 30"),
+    ("[train]\nlr = -1.0\n", r"train.lr: must be >= 0"),
+    ("[train]\ntokens = []\n", r"train.tokens: an empty list"),
+])
+def test_bad_config_names_the_key(tmp_path, text, message):
+    with pytest.raises(ConfigError, match=message):
+        expand(load_raw(write(tmp_path, text)))
+
+
+def test_missing_config_file(tmp_path):
+    with pytest.raises(ConfigError, match="config file .*nope.toml not found"):
+        load_raw(tmp_path / "nope.toml")
+
+
+def test_repetitions_get_distinct_deterministic_seeds(tmp_path):
+    path = write(tmp_path, "[sweep]\nrepetitions = 4\n[train]\ntokens = [2048, 4096]\nseed = 7\n")
+    runs = expand(load_raw(path))
+    assert len(runs) == 8
+    seeds = [r.config.train.seed for r in runs if r.config.train.tokens == 2048]
+    assert len(set(seeds)) == 4
+    # the same repetition index has the same seed at every grid point, and does not depend on the sweep's size
+    assert seeds == [r.config.train.seed for r in runs if r.config.train.tokens == 4096]
+    assert seeds == [repetition_seed(7, i) for i in range(4)]

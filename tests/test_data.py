@@ -1,0 +1,130 @@
+import numpy as np
+import pytest
+
+from conftest import ENWIKI, GPT2, LLAMA_TOKENIZER, needs_shared
+from jaxscale.config import ConfigError, DataConfig, TokenizerConfig
+from jaxscale.data import tokenize
+from jaxscale.data.corpora import from_directory, from_hugging_face, load_corpus, stdlib_docstrings
+from jaxscale.data.loader import eval_batches, plan_budget, train_dataset, train_iterator
+from jaxscale.data.tokenize import load_tokenizer, token_splits
+
+
+@needs_shared(ENWIKI)
+def test_directory_corpus_reads_wikitext_layout():
+    corpus = from_directory(ENWIKI)
+    assert corpus.splits["train"].startswith((ENWIKI / "train.txt").read_text()[:200])
+    assert len(corpus.splits["valid"]) == len((ENWIKI / "valid.txt").read_text())
+
+
+def test_missing_directory_and_split_are_named(tmp_path):
+    with pytest.raises(ConfigError, match="data.path: corpus directory .*nowhere not found"):
+        load_corpus(DataConfig(path=str(tmp_path / "nowhere")))
+    (tmp_path / "wiki.train.raw").write_text("text")
+    with pytest.raises(ConfigError, match="has no valid split; expected one of wiki.valid.raw"):
+        from_directory(tmp_path)
+
+
+def test_hugging_face_source_points_to_the_local_option():
+    # offline here: whether or not `datasets` is installed, the error names the local-directory option
+    with pytest.raises(ConfigError, match="data.path at a local directory"):
+        from_hugging_face("wikitext-2-raw-v1")
+
+
+def test_embedded_corpus_is_english_prose_split_by_module():
+    corpus = stdlib_docstrings()
+    sizes = {s: len(t) for s, t in corpus.splits.items()}
+    assert sizes["train"] > 800_000 and sizes["valid"] > 20_000 and sizes["test"] > 20_000
+    words = corpus.splits["train"].split()
+    common = sum(w.lower() in {"the", "a", "of", "to", "is", "and", "in"} for w in words)
+    assert common / len(words) > 0.1  # English function words are ~15-25% of running prose
+    assert corpus.splits["valid"][:500] not in corpus.splits["train"]
+
+
+@needs_shared(GPT2)
+def test_gpt2_tokenizer_file_gives_published_ids():
+    tok = load_tokenizer(TokenizerConfig(path=str(GPT2)), corpus=None)
+    assert tok.vocab_size == 50257
+    assert tok.encode("Hello world").tolist() == [15496, 995]
+
+
+@needs_shared(LLAMA_TOKENIZER)
+def test_sentencepiece_model_gives_published_ids():
+    tok = load_tokenizer(TokenizerConfig(path=str(LLAMA_TOKENIZER)), corpus=None)
+    assert tok.vocab_size == 32000
+    assert tok.encode("Hello world").tolist() == [15043, 3186]
+
+
+def test_trained_bpe_round_trips_and_has_the_vocabulary_asked_for(tmp_path, monkeypatch):
+    monkeypatch.setenv("JAXSCALE_CACHE", str(tmp_path))
+    text = "the quick brown fox jumps over the lazy dog\n" * 200 + "pack my box with five dozen liquor jugs\n" * 200
+    corpus = type(stdlib_docstrings())(name="t", splits={"train": text, "valid": text[:300], "test": text[:300]})
+    tok = load_tokenizer(TokenizerConfig(vocab_size=300), corpus)
+    assert tok.vocab_size <= 300
+    from tokenizers import Tokenizer
+    saved = Tokenizer.from_file(str(next((tmp_path / "tokenizers").glob("*.json"))))
+    ids = tok.encode("the lazy dog\n")
+    assert saved.decode(ids.tolist()) == "the lazy dog\n"
+
+
+@needs_shared(ENWIKI)
+def test_token_cache_is_reused(tmp_path, monkeypatch):
+    monkeypatch.setenv("JAXSCALE_CACHE", str(tmp_path))
+    corpus = from_directory(ENWIKI)
+    tok = load_tokenizer(TokenizerConfig(path=str(GPT2)), corpus)
+    first = token_splits(corpus, tok)
+    assert isinstance(first["train"], np.memmap) and first["train"].dtype == np.uint16
+    assert 600_000 < len(first["train"]) < 650_000  # 626,983 GPT-2 tokens by ../shared/data/README.md, give or take line joins
+    calls = []
+    monkeypatch.setattr(tokenize.Tokenizer, "encode", lambda self, text: calls.append(1))
+    again = token_splits(corpus, tok)
+    assert not calls and np.array_equal(first["valid"], again["valid"])
+
+
+def test_budget_gives_exact_steps_and_counts_epochs():
+    budget = plan_budget(n_tokens=10_001, seq_len=10, batch_size=4, budget=5_000)
+    assert budget.steps == 125 and budget.tokens == 5_000 and budget.windows == 1000
+    assert budget.epochs == pytest.approx(0.5)
+    assert plan_budget(10_001, 10, 4, 25_000).epochs == pytest.approx(2.5)
+    with pytest.raises(ConfigError, match="fewer than one batch"):
+        plan_budget(30, 10, 4, 1000)
+
+
+def test_loader_delivers_exact_steps_and_reshuffles_each_epoch():
+    tokens = np.arange(401, dtype=np.uint16)  # 100 windows of 4 + 1
+    ds = train_dataset(tokens, seq_len=4, batch_size=10, steps=25, seed=3)  # 2.5 epochs
+    batches = list(train_iterator(ds))
+    assert len(batches) == 25 and all(b.shape == (10, 5) for b in batches)
+    starts = np.concatenate([b[:, 0] for b in batches]) // 4
+    epoch0, epoch1 = starts[:100], starts[100:200]
+    assert sorted(epoch0) == list(range(100)) and sorted(epoch1) == list(range(100))
+    assert not np.array_equal(epoch0, epoch1)
+    assert all(np.array_equal(b[:, 1:], b[:, :-1] + 1) for b in batches)  # targets are the next tokens
+
+
+def test_loader_state_restores_position():
+    tokens = np.arange(401, dtype=np.uint16)
+    ds = train_dataset(tokens, seq_len=4, batch_size=10, steps=20, seed=1)
+    it = train_iterator(ds)
+    for _ in range(7):
+        next(it)
+    state = it.get_state()
+    rest = [b.copy() for b in it]
+    resumed = train_iterator(ds)
+    resumed.set_state(state)
+    assert all(np.array_equal(a, b) for a, b in zip(rest, resumed, strict=True))
+
+
+def test_process_shards_make_up_the_global_batch():
+    tokens = np.arange(801, dtype=np.uint16)
+    whole = list(train_iterator(train_dataset(tokens, 4, 8, 10, seed=5)))
+    parts = [list(train_iterator(train_dataset(tokens, 4, 8, 10, seed=5, shard_index=i, shard_count=2))) for i in (0, 1)]
+    for step, batch in enumerate(whole):
+        merged = np.concatenate([parts[0][step], parts[1][step]])
+        assert sorted(map(tuple, merged)) == sorted(map(tuple, batch))
+
+
+def test_eval_batches_are_the_first_windows_in_order():
+    tokens = np.arange(101, dtype=np.uint16)
+    batches = eval_batches(tokens, seq_len=4, batch_size=3, max_tokens=24)
+    assert [b.shape for b in batches] == [(3, 5), (3, 5)]
+    assert batches[0][:, 0].tolist() == [0, 4, 8]

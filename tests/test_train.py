@@ -1,0 +1,81 @@
+import csv
+import json
+import subprocess
+import sys
+
+import pytest
+
+from conftest import ROOT
+from jaxscale.train import main
+
+SMOKE = ROOT / "configs" / "smoke.toml"
+
+
+def read_results(out):
+    with open(out / "results.csv") as f:
+        return list(csv.DictReader(f))
+
+
+def losses(run_dir):
+    return [json.loads(line)["loss"] for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+@pytest.fixture(scope="module")
+def smoke_sweep(tmp_path_factory):
+    out = tmp_path_factory.mktemp("smoke") / "sweep"
+    assert main(["--config", str(SMOKE), "--out", str(out), "--quiet"]) == 0
+    return out
+
+
+def test_smoke_sweep_writes_every_run(smoke_sweep):
+    rows = read_results(smoke_sweep)
+    assert len(rows) == 4 and {r["status"] for r in rows} == {"ok"}
+    for row in rows:
+        steps = int(row["tokens"]) // (8 * 32)
+        assert int(row["steps"]) == steps and len(losses(smoke_sweep / row["run_id"])) == steps
+        assert int(row["flops"]) == 6 * int(row["n_params"]) * int(row["tokens"])
+        assert float(row["eval_loss"]) < 6.3  # below the uniform guess log(512) = 6.24 + margin after training
+        summary = json.loads((smoke_sweep / row["run_id"] / "summary.json").read_text())
+        assert summary["epochs"] > 0 and summary["compile_s"] >= 0
+    by_model = {}
+    for row in rows:
+        by_model.setdefault(row["model"], []).append((int(row["tokens"]), float(row["eval_loss"])))
+    for runs in by_model.values():  # more tokens, lower held-out loss
+        runs.sort()
+        assert runs[-1][1] < runs[0][1]
+
+
+def test_same_config_gives_identical_losses(smoke_sweep, tmp_path):
+    out = tmp_path / "again"
+    assert main(["--config", str(SMOKE), "--out", str(out), "--quiet"]) == 0
+    for row in read_results(smoke_sweep):
+        assert losses(out / row["run_id"]) == losses(smoke_sweep / row["run_id"])
+
+
+def test_rerun_skips_finished_runs(smoke_sweep):
+    before = {p: p.stat().st_mtime_ns for p in smoke_sweep.glob("*/metrics.jsonl")}
+    assert main(["--config", str(SMOKE), "--out", str(smoke_sweep), "--quiet"]) == 0
+    assert {p: p.stat().st_mtime_ns for p in smoke_sweep.glob("*/metrics.jsonl")} == before
+    assert len(read_results(smoke_sweep)) == 4
+
+
+@pytest.mark.parametrize("override, message", [
+    ("train.tokenz=5", "unknown key train.tokenz"),
+    ("train.batch_size=-2", "train.batch_size: must be > 0, got -2"),
+    ("data.path=/no/such/corpus", "data.path: corpus directory /no/such/corpus not found"),
+])
+def test_bad_input_is_one_line_exit_2_and_writes_nothing(tmp_path, override, message):
+    out = tmp_path / "out"
+    proc = subprocess.run([sys.executable, "-m", "jaxscale.train", "--config", str(SMOKE), "--out", str(out), override],
+                          capture_output=True, text=True, cwd=ROOT)
+    assert proc.returncode == 2
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and message in lines[0] and lines[0].startswith("error: ")
+    assert not out.exists()
+
+
+def test_existing_results_are_never_overwritten(smoke_sweep, tmp_path, capsys):
+    before = (smoke_sweep / "results.csv").read_bytes()
+    assert main(["--config", str(SMOKE), "--out", str(smoke_sweep), "train.lr=0.01"]) == 2
+    assert "already holds other results" in capsys.readouterr().err
+    assert (smoke_sweep / "results.csv").read_bytes() == before
