@@ -8,13 +8,11 @@ from __future__ import annotations
 import functools
 from typing import Any
 
-import flax.linen as nn
 import flax.struct
 import jax
 import jax.numpy as jnp
 import optax
 
-from jaxscale import sharding
 from jaxscale.config import TrainConfig
 from jaxscale.loss import cross_entropy
 
@@ -53,26 +51,9 @@ def optimizer(train: TrainConfig) -> optax.GradientTransformation:
 
 def init_state(model, train: TrainConfig, steps: int, seq_len: int, rng, mesh=None) -> TrainState:
     """A fresh state; with a mesh, each array is created already placed by the sharding rules."""
-    def make(rng):
-        params = nn.unbox(model.init(rng, jnp.zeros((1, seq_len), jnp.int32))["params"])
-        return TrainState(params=params, opt_state=optimizer(train).init(params), step=jnp.zeros((), jnp.int32),
-                          schedule=schedule_array(train, steps))
-
-    if mesh is None:
-        return make(rng)
-    return jax.jit(make, out_shardings=state_shardings(model, train, mesh))(rng)
-
-
-def state_shardings(model, train: TrainConfig, mesh) -> TrainState:
-    """Where each array of the state lives: parameters by the logical rules, each optimizer
-    moment like its parameter, scalars (step, schedule, counts) replicated."""
-    params = sharding.param_shardings(model, mesh)
-    tx = optimizer(train)
-    abstract = jax.eval_shape(tx.init, nn.unbox(sharding.abstract_boxed_params(model)))
-    replicated = sharding.replicated(mesh)
-    opt_state = optax.tree_map_params(tx, lambda _, s: s, abstract, params,
-                                      transform_non_params=lambda _: replicated)
-    return TrainState(params=params, opt_state=opt_state, step=replicated, schedule=replicated)
+    params = model.init(rng, jnp.zeros((1, seq_len), jnp.int32))["params"]
+    return TrainState(params=params, opt_state=optimizer(train).init(params), step=jnp.zeros((), jnp.int32),
+                      schedule=schedule_array(train, steps))
 
 
 def loss_fn(model, loss_chunk: int, params, batch):
@@ -96,19 +77,10 @@ def eval_step(model, loss_chunk: int, params, batch):
 @functools.lru_cache(maxsize=None)
 def compiled_steps(model, train: TrainConfig, mesh=None):
     """jitted (train_step, eval_step) for a model and the optimizer settings that shape the step.
-    Cached: every run with the same model (a hashable config) and optimizer reuses the compilation.
-    With a mesh: the state stays where `state_shardings` puts it, the batch (from
-    sharding.shard_batch) is split over data x fsdp, metrics come back replicated."""
+    Cached: every run with the same model (a hashable config) and optimizer reuses the compilation."""
     tx = optimizer(train)
-    train_fn = functools.partial(train_step, model, tx, train.loss_chunk)
-    eval_fn = functools.partial(eval_step, model, train.loss_chunk)
-    if mesh is None:
-        return jax.jit(train_fn, donate_argnums=0), jax.jit(eval_fn)
-    state = state_shardings(model, train, mesh)
-    batch, replicated = sharding.batch_sharding(mesh), sharding.replicated(mesh)
-    step = jax.jit(sharding.in_mesh(train_fn, mesh), in_shardings=(state, batch),
-                   out_shardings=(state, replicated), donate_argnums=0)
-    evaluate = jax.jit(sharding.in_mesh(eval_fn, mesh), in_shardings=(state.params, batch), out_shardings=replicated)
+    step = jax.jit(functools.partial(train_step, model, tx, train.loss_chunk), donate_argnums=0)
+    evaluate = jax.jit(functools.partial(eval_step, model, train.loss_chunk))
     return step, evaluate
 
 
