@@ -86,8 +86,9 @@ class EnergyConfig:
 
 @dataclass(frozen=True)
 class CheckpointConfig:
-    every: int = 0  # steps between checkpoints; 0: only when interrupted
-    keep: int = 2
+    every: int = 500  # steps between checkpoints; 0: only when interrupted
+    keep: int = 2  # newest checkpoints kept
+    final: bool = False  # keep a checkpoint of the finished run (else its checkpoints are removed)
 
 
 @dataclass(frozen=True)
@@ -244,10 +245,8 @@ def _build(raw: dict, point: dict) -> Config:
 def _label(key: str, value, config: Config) -> str:
     if key == "model":
         return config.model.label
-    leaf = key.split(".")[-1]
-    if isinstance(value, float) and value.is_integer():
-        value = int(value)
-    return f"{leaf}{value}"
+    section, leaf = key.split(".")
+    return f"{leaf}{getattr(getattr(config, section), leaf)}"  # the typed value: tokens5000, lr0.003, lr1e+30
 
 
 def validate(config: Config) -> None:

@@ -1,0 +1,145 @@
+"""The sweep directory shared by every process working on one sweep: the run list and its order,
+atomic claim files so no run is trained twice, the manifest of run states, and results.csv."""
+from __future__ import annotations
+
+import contextlib
+import csv
+import fcntl
+import json
+import os
+import socket
+import time
+from pathlib import Path
+
+from jaxscale.config import ConfigError, RunSpec
+
+RESULT_COLUMNS = [
+    "run_id", "model", "d_model", "d_mlp", "n_layers", "n_params", "n_params_nonembed", "tokens", "flops",
+    "train_loss", "eval_loss", "wall_s", "step_s_median", "tokens_per_s", "status", "repetition", "seed",
+    "steps", "epochs", "compile_s", "eval_s", "failed_step", "reason",
+    "energy_j", "power_mean_w", "power_peak_w", "duration_s", "sample_hz", "energy_source", "energy_reason",
+]
+STALE_CLAIM_S = 600.0  # a claim not refreshed for this long belongs to a dead worker on another host
+HEARTBEAT_S = 30.0
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(text)
+    tmp.replace(path)
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+class Sweep:
+    def __init__(self, out: Path, raw: dict, runs: list[RunSpec]):
+        self.out, self.runs = Path(out), runs
+        self.claims = self.out / "claims"
+        self._heartbeat = 0.0
+        marker = self.out / "sweep.json"
+        if self.out.exists() and any(self.out.iterdir()):
+            if not marker.is_file() or json.loads(marker.read_text()).get("config") != raw:
+                raise ConfigError(f"output directory {self.out} already holds other results; "
+                                  "choose another --out or remove it")
+        else:
+            self.out.mkdir(parents=True, exist_ok=True)
+            order = runs[0].config.sweep if runs else None
+            _write_atomic(marker, json.dumps({"config": raw, "order": order.order if order else "sequential",
+                                              "order_seed": order.seed if order else 0,
+                                              "runs": [r.run_id for r in runs]}, indent=2))
+        self.claims.mkdir(exist_ok=True)
+
+    # --- run states --------------------------------------------------------------------------
+    def summary_path(self, run_id: str) -> Path:
+        return self.out / run_id / "summary.json"
+
+    def state(self, run_id: str) -> str:
+        if self.summary_path(run_id).is_file():
+            return json.loads(self.summary_path(run_id).read_text())["status"]  # ok | failed
+        claim = self.claims / f"{run_id}.claim"
+        if claim.is_file() and not self._stale(claim):
+            return "running"
+        return "interrupted" if (self.out / run_id / "checkpoints").is_dir() else "pending"
+
+    def pending(self, worker: tuple[int, int] = (0, 1)) -> list[RunSpec]:
+        index, count = worker
+        return [r for i, r in enumerate(self.runs) if i % count == index and self.state(r.run_id) in ("pending", "interrupted")]
+
+    # --- claims ------------------------------------------------------------------------------
+    def _stale(self, claim: Path) -> bool:
+        try:
+            owner = json.loads(claim.read_text())
+            age = time.time() - claim.stat().st_mtime
+        except (OSError, ValueError):
+            return False  # being written or just removed: not ours to take
+        if owner.get("host") == socket.gethostname():
+            return not _pid_alive(owner.get("pid", -1))
+        return age > STALE_CLAIM_S
+
+    def claim(self, run_id: str) -> bool:
+        """Atomically take a run: O_EXCL creation decides between racing workers; a stale claim
+        is first renamed away (only one racer's rename succeeds)."""
+        path = self.claims / f"{run_id}.claim"
+        if path.exists() and self._stale(path):
+            with contextlib.suppress(FileNotFoundError):
+                path.rename(path.with_name(f".{run_id}.stale.{os.getpid()}"))
+        if self.summary_path(run_id).is_file():
+            return False
+        try:
+            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+        except FileExistsError:
+            return False
+        with os.fdopen(fd, "w") as f:
+            json.dump({"host": socket.gethostname(), "pid": os.getpid(), "since": time.time()}, f)
+        if self.summary_path(run_id).is_file():  # finished by another worker between our checks
+            self.release(run_id)
+            return False
+        self._heartbeat = time.monotonic()
+        return True
+
+    def heartbeat(self, run_id: str) -> None:
+        if time.monotonic() - self._heartbeat > HEARTBEAT_S:
+            with contextlib.suppress(FileNotFoundError):
+                os.utime(self.claims / f"{run_id}.claim")
+            self._heartbeat = time.monotonic()
+
+    def release(self, run_id: str) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            (self.claims / f"{run_id}.claim").unlink()
+
+    # --- shared files ------------------------------------------------------------------------
+    @contextlib.contextmanager
+    def _locked(self):
+        with open(self.out / ".lock", "a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(lock, fcntl.LOCK_UN)
+
+    def summaries(self) -> list[dict]:
+        return [json.loads(self.summary_path(r.run_id).read_text()) for r in self.runs
+                if self.summary_path(r.run_id).is_file()]
+
+    def update(self) -> list[dict]:
+        """Rewrite manifest.json and results.csv from what is on disk (under a lock: many workers)."""
+        with self._locked():
+            states = [{"run_id": r.run_id, "state": self.state(r.run_id)} for r in self.runs]
+            _write_atomic(self.out / "manifest.json", json.dumps({"runs": states}, indent=2))
+            summaries = self.summaries()
+            tmp = self.out / f".results.{os.getpid()}.tmp"
+            with open(tmp, "w", newline="") as f:
+                writer = csv.DictWriter(f, fieldnames=RESULT_COLUMNS, extrasaction="ignore")
+                writer.writeheader()
+                for s in summaries:
+                    writer.writerow({k: "" if s.get(k) is None else s.get(k) for k in RESULT_COLUMNS})
+            tmp.replace(self.out / "results.csv")
+        return summaries
