@@ -74,3 +74,14 @@ def test_repetitions_get_distinct_deterministic_seeds(tmp_path):
     # the same repetition index has the same seed at every grid point, and does not depend on the sweep's size
     assert seeds == [r.config.train.seed for r in runs if r.config.train.tokens == 4096]
     assert seeds == [repetition_seed(7, i) for i in range(4)]
+
+
+def test_random_order_is_a_seeded_permutation(tmp_path):
+    text = "[sweep]\nrepetitions = 3\norder = '{order}'\nseed = {seed}\n[train]\ntokens = [2048, 4096]\n"
+    sequential = expand(load_raw(write(tmp_path, text.format(order="sequential", seed=0))))
+    shuffled = expand(load_raw(write(tmp_path, text.format(order="random", seed=5))))
+    again = expand(load_raw(write(tmp_path, text.format(order="random", seed=5))))
+    other = expand(load_raw(write(tmp_path, text.format(order="random", seed=6))))
+    ids = [r.run_id for r in sequential]
+    assert sorted(r.run_id for r in shuffled) == sorted(ids) and [r.run_id for r in shuffled] != ids
+    assert [r.run_id for r in shuffled] == [r.run_id for r in again] != [r.run_id for r in other]
