@@ -21,6 +21,7 @@ from jaxscale.config import Config, ConfigError, RunSpec, expand, load_raw, to_d
 from jaxscale.data.corpora import load_corpus
 from jaxscale.data.loader import eval_batches, plan_budget, train_dataset, train_iterator
 from jaxscale.data.tokenize import load_tokenizer, token_splits
+from jaxscale.energy import Sampler, measure_idle, open_meter
 from jaxscale.models import build_model, count_params, flops_per_token
 from jaxscale.progress import Progress
 from jaxscale.step import compiled_steps, init_state, step_key
@@ -90,10 +91,24 @@ def evaluate(eval_fn, params, batches) -> float:
     return float(np.mean(jax.device_get([eval_fn(params, b) for b in batches])))
 
 
-def run_one(spec: RunSpec, data: Prepared, run_dir: Path, progress: Progress, stop: StopSignals,
+def combine_energy(segments: list[dict]) -> dict:
+    """One run's energy from the sampler rows of its segments (a resumed run has several): energies
+    and durations add up, an unavailable part makes the total unavailable."""
+    last = dict(segments[-1])
+    energies = [s["energy_j"] for s in segments]
+    last["energy_j"] = None if None in energies else sum(energies)
+    last["duration_s"] = sum(s["duration_s"] for s in segments)
+    peaks = [s["power_peak_w"] for s in segments if s["power_peak_w"] is not None]
+    last["power_peak_w"] = max(peaks) if peaks else None
+    last["power_mean_w"] = last["energy_j"] / last["duration_s"] if last["energy_j"] is not None and last["duration_s"] else None
+    last["energy_segments"] = len(segments)
+    return last
+
+
+def run_one(spec: RunSpec, data: Prepared, run_dir: Path, progress: Progress, stop: StopSignals, meter,
             heartbeat=lambda: None) -> dict:
-    """Train one run, from its latest checkpoint if it has one; write config.json, metrics.jsonl and
-    summary.json; return the summary."""
+    """Train one run, from its latest checkpoint if it has one; write config.json, metrics.jsonl,
+    power.csv and summary.json; return the summary."""
     config = spec.config
     cfg, train, seq_len = config.model, config.train, config.data.seq_len
     wall_start = time.perf_counter()
@@ -109,14 +124,35 @@ def run_one(spec: RunSpec, data: Prepared, run_dir: Path, progress: Progress, st
     state = init_state(model, train, budget.steps, seq_len, jax.random.key(train.seed))
     checkpoints = RunCheckpoints(run_dir / "checkpoints", config.checkpoint.keep)
     restored = checkpoints.restore(state, batches)
-    book = {"records": [], "wall_s": 0.0, "eval_s": 0.0, "compile_s": 0.0, "resumed_at": []}
+    book = {"records": [], "wall_s": 0.0, "eval_s": 0.0, "compile_s": 0.0, "resumed_at": [], "energy": []}
     if restored is not None:
         state, book = restored
         book["resumed_at"].append(len(book["records"]))
         print(f"{spec.run_id}: resuming at step {len(book['records'])} of {budget.steps}", file=sys.stderr)
+    idle_w = measure_idle(meter, config.energy.idle_s, config.energy.hz)
+    segment = len(book["energy"])
+    sampler = Sampler(meter, config.energy.hz, run_dir / ("power.csv" if not segment else f"power.{segment}.csv"), idle_w)
+    sampler.start()
+    try:
+        summary = _train(spec, data, run_dir, progress, stop, heartbeat, model, budget, batches, held_out, state,
+                         checkpoints, book, sampler, wall_start)
+    finally:
+        if sampler.summary is None:
+            sampler.stop()
+    summary.update(n_params=n_params, n_params_nonembed=n_nonembed, flops=6 * n_params * budget.tokens,
+                   flops_per_token_matmul=flops_per_token(cfg, data.vocab_size, seq_len))
+    (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+    return summary
+
+
+def _train(spec, data, run_dir, progress, stop, heartbeat, model, budget, batches, held_out, state, checkpoints,
+           book, sampler, wall_start) -> dict:
+    config = spec.config
+    cfg, train, seq_len = config.model, config.train, config.data.seq_len
     records = book["records"]
-    train_step, eval_step, compile_s = compiled_for(model, config, state, np.zeros((train.batch_size, seq_len + 1),
-                                                                                   np.int32), held_out[0])
+    with sampler.window("compile"):
+        train_step, eval_step, compile_s = compiled_for(
+            model, config, state, np.zeros((train.batch_size, seq_len + 1), np.int32), held_out[0])
     book["compile_s"] += compile_s
 
     def save(step: int, wait: bool = False) -> None:
@@ -131,15 +167,16 @@ def run_one(spec: RunSpec, data: Prepared, run_dir: Path, progress: Progress, st
             batch = next(batches)
             start = time.perf_counter()
             state, metrics = train_step(state, batch)
-            loss = float(metrics["loss"])  # the host sync that makes the step time honest
+            loss = float(metrics["loss"])  # the host sync that makes step time and energy honest
             step_s = time.perf_counter() - start
             record = {"step": step + 1, "loss": loss, "lr": float(metrics["lr"]), "step_s": round(step_s, 6),
-                      "tokens_per_s": round(tokens_per_step / step_s, 1)}
+                      "tokens_per_s": round(tokens_per_step / step_s, 1), "energy_j": sampler.mark()}
             if not math.isfinite(loss):
                 failure = (step + 1, f"loss became {loss} at step {step + 1}")
             elif train.eval_every and (step + 1) % train.eval_every == 0 and step + 1 < budget.steps:
                 t0 = time.perf_counter()
-                record["eval_loss"] = evaluate(eval_step, state.params, held_out)
+                with sampler.window("eval"):
+                    record["eval_loss"] = evaluate(eval_step, state.params, held_out)
                 book["eval_s"] += time.perf_counter() - t0
             records.append(record)
             log.write(json.dumps(record) + "\n")
@@ -149,6 +186,7 @@ def run_one(spec: RunSpec, data: Prepared, run_dir: Path, progress: Progress, st
             heartbeat()
             if stop.received:
                 log.flush()
+                book["energy"].append(sampler.stop().as_row())
                 save(step + 1, wait=True)
                 checkpoints.close()
                 raise Interrupted(f"{stop.received} at step {step + 1}/{budget.steps} of run {spec.run_id}; "
@@ -158,9 +196,7 @@ def run_one(spec: RunSpec, data: Prepared, run_dir: Path, progress: Progress, st
 
     summary = {
         "run_id": spec.run_id, "model": cfg.label, "d_model": cfg.d_model, "d_mlp": cfg.d_mlp, "n_layers": cfg.n_layers,
-        "n_params": n_params, "n_params_nonembed": n_nonembed, "tokens": budget.tokens, "token_budget": train.tokens,
-        "flops": 6 * n_params * budget.tokens, "flops_per_token_matmul": flops_per_token(cfg, data.vocab_size, seq_len),
-        "steps": budget.steps, "epochs": round(budget.epochs, 4), "repetition": spec.repetition, "seed": train.seed,
+        "tokens": budget.tokens, "token_budget": train.tokens, "steps": budget.steps, "epochs": round(budget.epochs, 4), "repetition": spec.repetition, "seed": train.seed,
         "vocab_size": data.vocab_size, "data": data.description, "status": "ok", "failed_step": None, "reason": "",
         "resumed_at_steps": book["resumed_at"],
     }
@@ -168,7 +204,8 @@ def run_one(spec: RunSpec, data: Prepared, run_dir: Path, progress: Progress, st
         summary.update(status="failed", failed_step=failure[0], reason=failure[1])
     else:
         t0 = time.perf_counter()
-        summary["eval_loss"] = evaluate(eval_step, state.params, held_out)
+        with sampler.window("eval"):
+            summary["eval_loss"] = evaluate(eval_step, state.params, held_out)
         book["eval_s"] += time.perf_counter() - t0
         summary["eval_ppl"] = math.exp(min(summary["eval_loss"], 700))
     step_times = [r["step_s"] for r in records]
@@ -180,10 +217,12 @@ def run_one(spec: RunSpec, data: Prepared, run_dir: Path, progress: Progress, st
         step_s_median=float(np.median(step_times)), tokens_per_s=round(tokens_per_step * len(step_times) / train_s, 1),
         wall_s=round(book["wall_s"] + time.perf_counter() - wall_start, 3),
     )
+    step_energy = [r.get("energy_j") for r in records]
+    summary["train_energy_j"] = None if None in step_energy else sum(step_energy)
+    summary.update(combine_energy(book["energy"] + [sampler.stop().as_row()]))
     if config.checkpoint.final and not failure:
         save(budget.steps, wait=True)
     checkpoints.close(remove=not config.checkpoint.final)
-    (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
     return summary
 
 
@@ -196,6 +235,7 @@ def run_sweep(raw: dict, out: Path, worker: tuple[int, int] = (0, 1), quiet: boo
                     spec.config.train.tokens)
     sweep = Sweep(out, raw, runs)
     progress = Progress(len(runs), quiet=quiet)
+    meters = {}
     with StopSignals() as stop:
         for spec in sweep.pending(worker):
             if stop.received:
@@ -204,12 +244,17 @@ def run_sweep(raw: dict, out: Path, worker: tuple[int, int] = (0, 1), quiet: boo
                 continue
             try:
                 progress.begin_run(runs.index(spec) + 1, spec.run_id)
+                kind = spec.config.energy.meter
+                if kind not in meters:
+                    meters[kind] = open_meter(kind)
                 summary = run_one(spec, prepare_data(spec.config, data_cache), out / spec.run_id, progress, stop,
-                                  heartbeat=lambda: sweep.heartbeat(spec.run_id))
+                                  meters[kind], heartbeat=lambda: sweep.heartbeat(spec.run_id))
                 progress.end_run(summary)
             finally:
                 sweep.release(spec.run_id)
                 sweep.update()
+    for meter in meters.values():
+        meter.close()
     return sweep.update()
 
 

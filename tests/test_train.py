@@ -79,3 +79,16 @@ def test_existing_results_are_never_overwritten(smoke_sweep, tmp_path, capsys):
     assert main(["--config", str(SMOKE), "--out", str(smoke_sweep), "train.lr=0.01"]) == 2
     assert "already holds other results" in capsys.readouterr().err
     assert (smoke_sweep / "results.csv").read_bytes() == before
+
+
+def test_without_a_power_sensor_energy_is_unavailable_and_says_why(smoke_sweep):
+    import shutil
+    if shutil.which("nvidia-smi") or any(__import__("pathlib").Path("/sys/class/powercap").glob("intel-rapl*")):
+        pytest.skip("this machine has a power sensor")
+    for row in read_results(smoke_sweep):
+        assert row["energy_source"] == "unavailable" and row["energy_j"] == "" and row["power_mean_w"] == ""
+        assert "NVML" in row["energy_reason"] and "RAPL" in row["energy_reason"]
+        assert float(row["eval_loss"]) > 0 and float(row["tokens_per_s"]) > 0 and float(row["wall_s"]) > 0
+        run = smoke_sweep / row["run_id"]
+        assert all(json.loads(line)["energy_j"] is None for line in (run / "metrics.jsonl").read_text().splitlines())
+        assert (run / "power.csv").read_text().splitlines() == ["time_s,device,power_w,counter_j"]
