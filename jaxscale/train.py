@@ -255,7 +255,22 @@ def run_sweep(raw: dict, out: Path, worker: tuple[int, int] = (0, 1), quiet: boo
                 sweep.update()
     for meter in meters.values():
         meter.close()
-    return sweep.update()
+    summaries = sweep.update()
+    if len(summaries) == len(runs):  # the last worker to finish writes the report
+        write_sweep_report(out, summaries)
+    return summaries
+
+
+def write_sweep_report(out: Path, summaries: list[dict]) -> None:
+    from jaxscale.analyze import write_report  # matplotlib and the fits load only when a sweep is complete
+
+    try:
+        path = write_report(out, vocab_size=summaries[0].get("vocab_size", 50257))
+    except Exception as err:  # the results are safe on disk; a report can be rebuilt with jaxscale.analyze
+        print(f"warning: report not written ({type(err).__name__}: {err}); "
+              f"run: python -m jaxscale.analyze {out}", file=sys.stderr)
+    else:
+        print(f"report: {path}", file=sys.stderr)
 
 
 def parse_worker(text: str) -> tuple[int, int]:

@@ -1,0 +1,186 @@
+"""python -m jaxscale.laws {fit,optimal,cost}: Chinchilla fits and inference-aware optima from the command line."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from jaxscale.laws.inference import (
+    GPU_PEAK_FLOPS,
+    CostModel,
+    Hardware,
+    InferenceDemand,
+    chinchilla_style,
+    chinchilla_style_cost,
+    cost_optimal,
+    inference_optimal,
+)
+from jaxscale.laws.law import HOFFMANN, ChinchillaLaw
+from jaxscale.laws.table import InputError, numbers, read_csv, require_columns
+
+ALL_DTYPES = sorted({dtype for dtypes in GPU_PEAK_FLOPS.values() for dtype in dtypes})
+
+
+class OneLineParser(argparse.ArgumentParser):
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+def enable_compilation_cache() -> None:
+    """Keep compiled fitting kernels between command-line invocations (~/.cache/jaxscale/jax), unless the user has
+    chosen a cache already. Only the command-line entry points call this: it changes process-wide JAX config."""
+    from pathlib import Path
+
+    import jax
+
+    if not jax.config.jax_compilation_cache_dir:
+        jax.config.update("jax_compilation_cache_dir", str(Path.home() / ".cache" / "jaxscale" / "jax"))
+
+
+def _law_arguments(parser):
+    for name in ("E", "A", "B", "alpha", "beta"):
+        default = getattr(HOFFMANN, name)
+        parser.add_argument(f"--{name}", type=float, default=default, help=f"law constant (default {default})")
+    parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = OneLineParser(prog="python -m jaxscale.laws", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True, parser_class=OneLineParser)
+
+    fit = commands.add_parser("fit", help="fit L(N, D) = E + A/N^alpha + B/D^beta (Chinchilla Approach 3)")
+    fit.add_argument("csv")
+    fit.add_argument("--params-col", required=True, help="column with the parameter count N")
+    source = fit.add_mutually_exclusive_group(required=True)
+    source.add_argument("--tokens-col", help="column with the training tokens D")
+    source.add_argument("--flops-col", help="column with training FLOPs C instead; D = C / (6N)")
+    fit.add_argument("--loss-col", required=True, help="column with the final loss (nats per token)")
+    fit.add_argument("--drop-highest", type=int, default=0, metavar="K", help="drop the K highest-loss runs")
+    fit.add_argument("--max-tokens-per-param", type=float, metavar="R", help="fit only runs with D/N <= R")
+    fit.add_argument("--bootstrap", type=int, default=0, metavar="R", help="bootstrap resamples for intervals")
+    fit.add_argument("--seed", type=int, default=0, help="bootstrap seed (default 0)")
+    fit.add_argument("--json", action="store_true", help="print JSON instead of a table")
+
+    optimal = commands.add_parser("optimal", help="least lifetime compute for a loss and an inference demand")
+    optimal.add_argument("--loss", type=float, required=True, help="target loss")
+    optimal.add_argument("--inference-tokens", type=float, required=True, help="lifetime inference tokens")
+    _law_arguments(optimal)
+
+    cost = commands.add_parser("cost", help="least lifetime dollar cost for a loss and an inference demand")
+    cost.add_argument("--loss", type=float, required=True, help="target loss")
+    cost.add_argument("--requests", type=float, required=True, help="lifetime inference requests")
+    cost.add_argument("--input-tokens", type=float, required=True, help="input (prefill) tokens per request")
+    cost.add_argument("--output-tokens", type=float, required=True, help="output (decode) tokens per request")
+    for stage in ("train", "inference"):
+        cost.add_argument(f"--{stage}-gpu", required=True, choices=sorted(GPU_PEAK_FLOPS))
+        cost.add_argument(f"--{stage}-dtype", required=True, choices=ALL_DTYPES)
+        cost.add_argument(f"--{stage}-dollars-per-hour", type=float, required=True, metavar="X")
+    for stage in ("train", "prefill", "decode"):
+        cost.add_argument(f"--{stage}-mfu", type=float, required=True, metavar="U", help="model FLOPs utilisation")
+    _law_arguments(cost)
+    return parser
+
+
+def _law(args) -> ChinchillaLaw:
+    return ChinchillaLaw(E=args.E, A=args.A, B=args.B, alpha=args.alpha, beta=args.beta)
+
+
+def run_fit(args) -> dict:
+    from jaxscale.laws.chinchilla import fit_chinchilla
+
+    columns, rows = read_csv(args.csv)
+    wanted = [args.params_col, args.tokens_col or args.flops_col, args.loss_col]
+    require_columns(args.csv, columns, wanted)
+    params = numbers(args.csv, rows, args.params_col, positive=True)
+    if args.tokens_col:
+        tokens = numbers(args.csv, rows, args.tokens_col, positive=True)
+    else:
+        tokens = numbers(args.csv, rows, args.flops_col, positive=True) / (6.0 * params)
+    loss = numbers(args.csv, rows, args.loss_col, positive=True)
+    if args.drop_highest < 0 or args.bootstrap < 0:
+        raise InputError("--drop-highest and --bootstrap must be >= 0")
+    try:
+        fit = fit_chinchilla(
+            params,
+            tokens,
+            loss,
+            drop_highest=args.drop_highest,
+            max_tokens_per_param=args.max_tokens_per_param,
+            bootstrap=args.bootstrap,
+            seed=args.seed,
+        )
+    except ValueError as error:
+        raise InputError(f"{args.csv}: {error}") from None
+    if not args.json:
+        print(f"Chinchilla Approach-3 fit: {fit.n_runs} runs of {args.csv}, {fit.n_starts} starts "
+              f"({fit.n_diverged} diverged, dropped)")
+    return fit.as_dict()
+
+
+def run_optimal(args) -> dict:
+    law = _law(args)
+    return {
+        "optimal": inference_optimal(law, args.loss, args.inference_tokens).as_dict(),
+        "chinchilla": chinchilla_style(law, args.loss, args.inference_tokens).as_dict(),
+    }
+
+
+def run_cost(args) -> dict:
+    law = _law(args)
+    prices = CostModel(
+        Hardware(args.train_gpu, args.train_dtype, args.train_dollars_per_hour),
+        Hardware(args.inference_gpu, args.inference_dtype, args.inference_dollars_per_hour),
+        args.train_mfu,
+        args.prefill_mfu,
+        args.decode_mfu,
+    )
+    demand = InferenceDemand(args.requests, args.input_tokens, args.output_tokens)
+    return {
+        "optimal": cost_optimal(law, args.loss, demand, prices).as_dict(),
+        "chinchilla": chinchilla_style_cost(law, args.loss, demand, prices).as_dict(),
+    }
+
+
+def format_fit(result: dict) -> str:
+    ci = result.get("ci")
+    lines = [f"{'':10}{'value':>14}" + (f"{'95% interval':>30}" if ci else "")]
+    for key in ("E", "A", "B", "alpha", "beta", "a", "b"):
+        line = f"{key:10}{result[key]:14.5g}"
+        if ci:
+            line += f"{'[' + format(ci[key][0], '.5g') + ', ' + format(ci[key][1], '.5g') + ']':>30}"
+        lines.append(line)
+    lines.append(f"{'objective':10}{result['objective']:14.6e}  (summed Huber, delta 1e-3)")
+    return "\n".join(lines)
+
+
+def format_comparison(result: dict) -> str:
+    keys = [k for k in ("params", "train_tokens", "total_flops", "total_cost") if k in result["optimal"]]
+    header = {"params": "params", "train_tokens": "train tokens", "total_flops": "total FLOPs", "total_cost": "total $"}
+    lines = [f"{'':12}" + "".join(f"{header[k]:>15}" for k in keys)]
+    for name in ("optimal", "chinchilla"):
+        lines.append(f"{name:12}" + "".join(f"{result[name][k]:15.4g}" for k in keys))
+    ratios = ", ".join(f"{header[k]} {100 * result['optimal'][k] / result['chinchilla'][k]:.1f}%" for k in keys)
+    lines.append(f"optimal as a share of the Chinchilla-style model of equal loss: {ratios}")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        if args.command == "fit":
+            result, text = run_fit(args), format_fit
+        elif args.command == "optimal":
+            result, text = run_optimal(args), format_comparison
+        else:
+            result, text = run_cost(args), format_comparison
+    except (InputError, ValueError) as error:
+        print(f"python -m jaxscale.laws {args.command}: error: {error}", file=sys.stderr)
+        return 2
+    print(json.dumps(result, indent=2) if args.json else text(result))
+    return 0
+
+
+if __name__ == "__main__":
+    enable_compilation_cache()
+    sys.exit(main())
