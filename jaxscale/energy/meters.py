@@ -75,7 +75,7 @@ class NvmlMeter:
         try:
             ids = list(gpus) if gpus is not None else _visible_gpus(nvml.nvmlDeviceGetCount())
             self.handles = [_nvml_handle(nvml, i) for i in ids]
-            devices = tuple(Device(f"gpu{i}", _probe_gpu(nvml, h)) for i, h in zip(ids, self.handles))
+            devices = tuple(Device(f"gpu{i}" if isinstance(i, int) else i, _probe_gpu(nvml, h)) for i, h in zip(ids, self.handles))
         except BaseException:
             nvml.nvmlShutdown()
             raise
@@ -239,16 +239,14 @@ def open_meter(kind: str = "auto", *, nvml=None, gpus: Sequence[int | str] | Non
 
 def _try(make, label: str, reasons: list[str]):
     try:
-        meter = make()
+        return make()
     except _Unavailable as e:
         reasons.append(f"{label}: {e}")
-        return None
+    except PermissionError as e:
+        reasons.append(f"{label}: permission denied reading {e.filename} (energy_uj is root-only on most kernels)")
     except OSError as e:
-        why = "permission denied (energy_uj is root-only on most kernels)" if isinstance(
-            e, PermissionError) else (e.strerror and f"{e.strerror}: {e.filename}") or str(e)
-        reasons.append(f"{label}: {why}")
-        return None
-    return meter
+        reasons.append(f"{label}: {e}")
+    return None
 
 
 class _Unavailable(Exception):

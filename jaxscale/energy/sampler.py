@@ -117,6 +117,7 @@ class Sampler:
         self._tracks = [_Track() for _ in self.meter.devices]
         self._peak_w: float | None = None
         self._thread_reads = self._errors = 0
+        self._meter_errors_at_start = getattr(self.meter, "errors", 0)  # the meter may be shared
         self._totals: dict[str, _Total] = {"steps": _Total()}
         self._open: dict[str, _Point] = {}
         self._csv_file = open(self.power_csv, "w", newline="") if self.power_csv else None
@@ -295,7 +296,7 @@ class Sampler:
             windows=windows,
             idle_power_w=idle,
             energy_above_idle_j=energy - idle * duration if idle is not None else None,
-            read_errors=self._errors + getattr(self.meter, "errors", 0),
+            read_errors=self._errors + getattr(self.meter, "errors", 0) - self._meter_errors_at_start,
         )
 
     def _close_csv(self) -> None:
