@@ -8,11 +8,13 @@ from __future__ import annotations
 import functools
 from typing import Any
 
+import flax.linen as nn
 import flax.struct
 import jax
 import jax.numpy as jnp
 import optax
 
+from jaxscale import sharding
 from jaxscale.config import TrainConfig
 from jaxscale.loss import cross_entropy
 
@@ -51,9 +53,39 @@ def optimizer(train: TrainConfig) -> optax.GradientTransformation:
 
 def init_state(model, train: TrainConfig, steps: int, seq_len: int, rng, mesh=None) -> TrainState:
     """A fresh state; with a mesh, each array is created already placed by the sharding rules."""
-    params = model.init(rng, jnp.zeros((1, seq_len), jnp.int32))["params"]
-    return TrainState(params=params, opt_state=optimizer(train).init(params), step=jnp.zeros((), jnp.int32),
-                      schedule=schedule_array(train, steps))
+    return _initializer(model, step_key(train), seq_len, mesh)(rng, schedule_array(train, steps))
+
+
+@functools.lru_cache(maxsize=None)
+def _initializer(model, train: TrainConfig, seq_len: int, mesh):
+    """Init as one compiled program, cached like the steps (eagerly it is hundreds of small ones)."""
+    def make(rng, schedule):
+        params = nn.unbox(model.init(rng, jnp.zeros((1, seq_len), jnp.int32))["params"])
+        return TrainState(params=params, opt_state=optimizer(train).init(params), step=jnp.zeros((), jnp.int32),
+                          schedule=schedule)
+
+    if mesh is None:
+        return jax.jit(make)
+    replicated = sharding.replicated(mesh)
+    return jax.jit(make, in_shardings=(replicated, replicated), out_shardings=state_shardings(model, train, mesh))
+
+
+def abstract_state(model, train: TrainConfig, seq_len: int, mesh=None) -> TrainState:
+    """The state's shapes, dtypes and (with a mesh) shardings, allocating nothing: for lowering and planning."""
+    init = _initializer(model, step_key(train), seq_len, mesh)
+    return jax.eval_shape(init, jax.random.key(0), jax.ShapeDtypeStruct((4,), jnp.float32))
+
+
+def state_shardings(model, train: TrainConfig, mesh) -> TrainState:
+    """Where each array of the state lives: parameters by the logical rules, each optimizer
+    moment like its parameter, scalars (step, schedule, counts) replicated."""
+    params = sharding.param_shardings(model, mesh)
+    tx = optimizer(train)
+    abstract = jax.eval_shape(tx.init, nn.unbox(sharding.abstract_boxed_params(model)))
+    replicated = sharding.replicated(mesh)
+    opt_state = optax.tree_map_params(tx, lambda _, s: s, abstract, params,
+                                      transform_non_params=lambda _: replicated)
+    return TrainState(params=params, opt_state=opt_state, step=replicated, schedule=replicated)
 
 
 def loss_fn(model, loss_chunk: int, params, batch):
@@ -77,10 +109,19 @@ def eval_step(model, loss_chunk: int, params, batch):
 @functools.lru_cache(maxsize=None)
 def compiled_steps(model, train: TrainConfig, mesh=None):
     """jitted (train_step, eval_step) for a model and the optimizer settings that shape the step.
-    Cached: every run with the same model (a hashable config) and optimizer reuses the compilation."""
+    Cached: every run with the same model (a hashable config) and optimizer reuses the compilation.
+    With a mesh: the state stays where `state_shardings` puts it, the batch (from
+    sharding.shard_batch) is split over data x fsdp, metrics come back replicated."""
     tx = optimizer(train)
-    step = jax.jit(functools.partial(train_step, model, tx, train.loss_chunk), donate_argnums=0)
-    evaluate = jax.jit(functools.partial(eval_step, model, train.loss_chunk))
+    train_fn = functools.partial(train_step, model, tx, train.loss_chunk)
+    eval_fn = functools.partial(eval_step, model, train.loss_chunk)
+    if mesh is None:
+        return jax.jit(train_fn, donate_argnums=0), jax.jit(eval_fn)
+    state = state_shardings(model, train, mesh)
+    batch, replicated = sharding.batch_sharding(mesh), sharding.replicated(mesh)
+    step = jax.jit(sharding.in_mesh(train_fn, mesh), in_shardings=(state, batch),
+                   out_shardings=(state, replicated), donate_argnums=0)
+    evaluate = jax.jit(sharding.in_mesh(eval_fn, mesh), in_shardings=(state.params, batch), out_shardings=replicated)
     return step, evaluate
 
 

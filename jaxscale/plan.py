@@ -1,0 +1,226 @@
+"""`python -m jaxscale.plan --config FILE [key=value ...]`: what a sweep will cost, before the hardware.
+
+For each distinct model of the sweep: parameter counts; FLOPs per step (analytic, and XLA's cost
+analysis of the compiled train step); memory per device (parameters, optimizer state, gradients,
+an activation estimate, and XLA's memory analysis); the step and run times implied by an
+accelerator's peak and an MFU. Nothing is allocated: the step is compiled for abstract arrays.
+"""
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import time
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+
+from jaxscale import sharding
+from jaxscale.config import Config, expand, load_raw
+from jaxscale.models import build_model, count_params, flops_per_token
+from jaxscale.models.common import heads
+from jaxscale.step import abstract_state, compiled_steps, step_key
+
+# The plan never runs the step: unoptimised CPU code generation compiles a 1B model several times faster.
+FAST_COMPILE = "--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true"
+
+
+def read_config(path, overrides=()) -> tuple[list, list[str]]:
+    """The sweep's runs, and notes. Files only a run needs (tokenizer, corpus) may be absent here."""
+    raw = load_raw(path, list(overrides))
+    notes = []
+    for section in ("tokenizer", "data"):
+        table = raw.get(section)
+        if isinstance(table, dict) and table.get("path") and not Path(table["path"]).exists():
+            use = "tokenizer.vocab_size" if section == "tokenizer" else "nothing (the plan reads no data)"
+            notes.append(f"{section}.path {table['path']} is not here; planning with {use}")
+            del table["path"]
+            if table.get("source") == "dir":
+                table["source"] = "auto"
+    return expand(raw), notes
+
+
+def vocab_size(config: Config) -> int:
+    path = config.tokenizer.path
+    if path.endswith(".model"):
+        import sentencepiece as spm
+        return spm.SentencePieceProcessor(model_file=path).get_piece_size()
+    if path.endswith(".json"):
+        from tokenizers import Tokenizer
+        return Tokenizer.from_file(path).get_vocab_size()
+    return config.tokenizer.vocab_size  # a byte-level BPE trained to (at most) this size
+
+
+def device_bytes(tree) -> int:
+    """Bytes one device holds of an abstract tree whose leaves carry shardings."""
+    return sum(math.prod(x.sharding.shard_shape(x.shape)) * x.dtype.itemsize for x in jax.tree.leaves(tree))
+
+
+def activation_bytes(cfg, tokens: int, seq_len: int, tensor: int) -> tuple[int, int]:
+    """Estimate of what one device keeps for the backward pass, for `tokens` tokens on it:
+    (saved activations, attention logits + probabilities). The [heads, T, T] probabilities exist only
+    where attention is not fused (XLA's own path, e.g. on CPU); cuDNN flash attention keeps none."""
+    itemsize = jnp.dtype(cfg.dtype).itemsize
+    d, m, n_heads = cfg.d_model, cfg.d_mlp, heads(cfg)
+    kv = (cfg.n_kv_heads or n_heads) * (d // n_heads)
+    if cfg.arch == "llama":  # norm in/out x2; q, k before/after RoPE, v, attention out; gate, up, silu, product
+        per_token = 4 * d + (3 * d + 3 * kv) / tensor + 4 * m / tensor
+    else:  # LayerNorm in/out x2; q, k, v, attention out; MLP in and GELU out
+        per_token = 4 * d + 4 * d / tensor + 2 * m / tensor
+    kept_layers = 1 if cfg.remat else cfg.n_layers  # remat: block inputs only, one block recomputed at a time
+    saved = tokens * itemsize * (per_token * kept_layers + (cfg.n_layers * d if cfg.remat else 0))
+    probs = tokens * kept_layers * 2 * (n_heads / tensor) * seq_len * 4
+    return int(saved), int(probs)
+
+
+def xla_analysis(model, config: Config, mesh) -> dict:
+    """XLA's own figures for the compiled train step (per device), where the backend reports them."""
+    t = config.train
+    state = abstract_state(model, t, config.data.seq_len, mesh)
+    batch = jax.ShapeDtypeStruct((t.batch_size, config.data.seq_len + 1), jnp.int32,
+                                 sharding=sharding.batch_sharding(mesh))
+    step, _ = compiled_steps(model, step_key(t), mesh)
+    start = time.perf_counter()
+    compiled = step.lower(state, batch).compile()
+    out = {"compile_s": time.perf_counter() - start}
+    try:
+        cost = compiled.cost_analysis()
+        cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+        out["flops"] = float(cost["flops"]) if cost and "flops" in cost else None
+    except Exception:  # noqa: BLE001 - some backends do not implement it
+        out["flops"] = None
+    try:
+        out["memory"] = compiled.memory_analysis()
+    except Exception:  # noqa: BLE001
+        out["memory"] = None
+    return out
+
+
+def fmt_flops(x: float) -> str:
+    for unit, scale in (("PFLOP", 1e15), ("TFLOP", 1e12), ("GFLOP", 1e9), ("MFLOP", 1e6)):
+        if x >= scale:
+            return f"{x / scale:.2f} {unit}"
+    return f"{x:.0f} FLOP"
+
+
+def fmt_bytes(x: float) -> str:
+    return f"{x / 1e9:.2f} GB" if x >= 1e8 else f"{x / 1e6:.2f} MB"
+
+
+def fmt_time(s: float) -> str:
+    if s < 1:
+        return f"{s * 1e3:.3g} ms" if s >= 1e-3 else f"{s * 1e6:.3g} us"
+    if s < 120:
+        return f"{s:.3g} s"
+    return f"{s / 60:.1f} min" if s < 7200 else f"{s / 3600:.1f} h"
+
+
+def plan_model(config: Config, runs: list, devices, peak: float, mfu: float, xla: bool) -> list[str]:
+    """The lines for one model (and batch, sequence, mesh) and the runs that train it."""
+    cfg, t, seq = config.model, config.train, config.data.seq_len
+    vocab = vocab_size(config)
+    model = build_model(cfg, vocab, seq)
+    mesh = sharding.make_mesh(config.mesh, devices)
+    data, fsdp, tensor = (mesh.shape[a] for a in sharding.AXES)
+    n_dev = mesh.size
+    total, non_embed = count_params(cfg, vocab, seq)
+    tokens_step = t.batch_size * seq
+    per_token = flops_per_token(cfg, vocab, seq)
+    step_flops = per_token * tokens_step
+    state = abstract_state(model, t, seq, mesh)
+    params_b, opt_b = device_bytes(state.params), device_bytes(state.opt_state)
+    saved, probs = activation_bytes(cfg, tokens_step // (data * fsdp), seq, tensor)
+    kv = cfg.n_kv_heads or heads(cfg)
+    lines = [
+        f"model       {cfg.label} ({cfg.arch}): {cfg.n_layers} layers, d_model {cfg.d_model}, {heads(cfg)} heads "
+        f"({kv} KV), d_mlp {cfg.d_mlp}, vocab {vocab:,}, seq_len {seq}, compute {cfg.dtype}, remat {cfg.remat}",
+        f"parameters  {total:,} total, {non_embed:,} without embeddings",
+        f"mesh        data {data} x fsdp {fsdp} x tensor {tensor} = {n_dev} device(s) ({devices[0].platform}); "
+        f"batch {t.batch_size} x {seq} = {tokens_step:,} tokens/step, {tokens_step // (data * fsdp):,} per device",
+        f"FLOPs/step  {fmt_flops(step_flops)} analytic ({per_token:,} per token: every matmul, causal attention, "
+        f"x3 for forward+backward); 6N = {fmt_flops(6 * non_embed * tokens_step)}",
+        f"memory/dev  parameters {fmt_bytes(params_b)} (float32) + optimizer {fmt_bytes(opt_b)} (Adam moments) "
+        f"+ gradients {fmt_bytes(params_b)} + activations ~{fmt_bytes(saved)} (estimate, {cfg.dtype}) "
+        f"= {fmt_bytes(2 * params_b + opt_b + saved)}; attention probabilities add ~{fmt_bytes(probs)} "
+        "where attention is not fused (XLA's path; cuDNN flash attention: none)",
+    ]
+    if xla:
+        x = xla_analysis(model, config, mesh)
+        flops = (f"{fmt_flops(x['flops'])} per device, {fmt_flops(x['flops'] * n_dev)} all devices "
+                 "(XLA counts a loop body once, attention unmasked)") if x["flops"] else "not reported by this backend"
+        lines.append(f"XLA         compiled in {x['compile_s']:.1f} s; cost analysis {flops}")
+        m = x["memory"]
+        if m is not None:
+            peak_mem = m.argument_size_in_bytes + m.output_size_in_bytes - m.alias_size_in_bytes + m.temp_size_in_bytes
+            lines.append(f"XLA memory  arguments {fmt_bytes(m.argument_size_in_bytes)}, temporaries "
+                         f"{fmt_bytes(m.temp_size_in_bytes)}, total {fmt_bytes(peak_mem)} per device "
+                         f"({devices[0].platform} backend)")
+        else:
+            lines.append("XLA memory  not reported by this backend")
+    step_s = step_flops / (n_dev * peak * 1e12 * mfu)
+    lines.append(f"time        {fmt_time(step_s)} a step at {peak:g} TFLOP/s x MFU {mfu:g} per device")
+    budgets: dict[int, int] = {}
+    for run in runs:
+        budgets[run.config.train.tokens] = budgets.get(run.config.train.tokens, 0) + 1
+    sweep_s = 0.0
+    for tokens, count in sorted(budgets.items()):
+        steps = tokens // tokens_step
+        sweep_s += count * steps * step_s
+        lines.append(f"  tokens {tokens:>13,}: {steps:,} steps, {fmt_time(steps * step_s)} a run x {count} runs")
+    lines.append(f"  all {len(runs)} runs: {fmt_time(sweep_s)} of training steps (no evaluation, start-up or idle)")
+    return lines
+
+
+def group_runs(runs) -> dict:
+    """Runs that share a compiled step: same model, batch, sequence, tokenizer and mesh."""
+    groups: dict = {}
+    for run in runs:
+        c = run.config
+        groups.setdefault((c.model, c.train.batch_size, c.data.seq_len, c.tokenizer, c.mesh), []).append(run)
+    return groups
+
+
+def fixed_devices(runs) -> int | None:
+    sizes = [runs[0].config.mesh.data, runs[0].config.mesh.fsdp, runs[0].config.mesh.tensor]
+    return None if -1 in sizes else math.prod(sizes)
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m jaxscale.plan", description=__doc__.splitlines()[0])
+    parser.add_argument("--config", required=True)
+    parser.add_argument("overrides", nargs="*", help="section.key=value, as for jaxscale.train")
+    parser.add_argument("--peak-tflops", type=float, default=989.0,
+                        help="dense peak per device, TFLOP/s (default 989: H100 bf16)")
+    parser.add_argument("--mfu", type=float, default=0.5, help="model FLOPs utilisation (default 0.5)")
+    parser.add_argument("--devices", type=int, default=0,
+                        help="plan for this many devices (default: the config's mesh, else those present); "
+                             "host CPU devices stand in when fewer accelerators are present")
+    parser.add_argument("--no-xla", action="store_true", help="skip compiling the step (XLA's figures)")
+    args = parser.parse_intermixed_args(argv)
+    start = time.perf_counter()
+    runs, notes = read_config(args.config, args.overrides)
+    n = args.devices or fixed_devices(runs)
+    if n:
+        try:  # effective only before jax starts its backends (as under `python -m jaxscale.plan`)
+            jax.config.update("jax_num_cpu_devices", n)
+        except RuntimeError:
+            pass
+    devices = jax.devices()
+    if n and len(devices) < n:
+        devices = jax.devices("cpu")
+    if n and len(devices) < n:
+        raise SystemExit(f"plan: {n} devices wanted, {len(devices)} present; run it as python -m jaxscale.plan")
+    devices = devices[:n] if n else devices
+    print(f"plan for {args.config}: {len(runs)} runs")
+    for note in notes:
+        print(f"note        {note}")
+    for group in group_runs(runs).values():
+        print()
+        print("\n".join(plan_model(group[0].config, group, devices, args.peak_tflops, args.mfu, not args.no_xla)))
+    print(f"\nplanned in {time.perf_counter() - start:.1f} s; nothing allocated (abstract shapes)")
+
+
+if __name__ == "__main__":
+    os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {FAST_COMPILE}".strip()
+    main()
