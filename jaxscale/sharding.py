@@ -123,6 +123,7 @@ def in_mesh(fn, mesh: Mesh):
     return wrapped
 
 
+@functools.lru_cache(maxsize=None)
 def data_shard(mesh: Mesh) -> tuple[int, int]:
     """(shard_index, shard_count) for the data loader: which of the batch's row shards this process
     feeds. (process_index, process_count) when every process holds its own slice of data x fsdp;

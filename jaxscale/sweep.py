@@ -40,11 +40,18 @@ def _pid_alive(pid: int) -> bool:
 
 
 class Sweep:
-    def __init__(self, out: Path, raw: dict, runs: list[RunSpec]):
-        self.out, self.runs = Path(out), runs
+    """`writer`: this process writes the shared files (process 0 of a multi-host job; the others
+    only read). `claiming`: runs are taken through claim files; a multi-host job trains every run
+    on all its processes together, so its processes must not compete for runs (split sweeps over
+    several jobs with --worker instead)."""
+
+    def __init__(self, out: Path, raw: dict, runs: list[RunSpec], writer: bool = True, claiming: bool = True):
+        self.out, self.runs, self.writer, self.claiming = Path(out), runs, writer, claiming
         self.claims = self.out / "claims"
         self._heartbeat = 0.0
         marker = self.out / "sweep.json"
+        if not writer:
+            return
         if self.out.exists() and any(self.out.iterdir()):
             if not marker.is_file() or json.loads(marker.read_text()).get("config") != raw:
                 raise ConfigError(f"output directory {self.out} already holds other results; "
@@ -87,6 +94,8 @@ class Sweep:
     def claim(self, run_id: str) -> bool:
         """Atomically take a run: O_EXCL creation decides between racing workers; a stale claim
         is first renamed away (only one racer's rename succeeds)."""
+        if not self.claiming:
+            return True
         path = self.claims / f"{run_id}.claim"
         if path.exists() and self._stale(path):
             with contextlib.suppress(FileNotFoundError):
@@ -106,12 +115,14 @@ class Sweep:
         return True
 
     def heartbeat(self, run_id: str) -> None:
-        if time.monotonic() - self._heartbeat > HEARTBEAT_S:
+        if self.claiming and time.monotonic() - self._heartbeat > HEARTBEAT_S:
             with contextlib.suppress(FileNotFoundError):
                 os.utime(self.claims / f"{run_id}.claim")
             self._heartbeat = time.monotonic()
 
     def release(self, run_id: str) -> None:
+        if not self.claiming:
+            return
         with contextlib.suppress(FileNotFoundError):
             (self.claims / f"{run_id}.claim").unlink()
 
@@ -131,6 +142,8 @@ class Sweep:
 
     def update(self) -> list[dict]:
         """Rewrite manifest.json and results.csv from what is on disk (under a lock: many workers)."""
+        if not self.writer:
+            return self.summaries()
         with self._locked():
             states = [{"run_id": r.run_id, "state": self.state(r.run_id)} for r in self.runs]
             _write_atomic(self.out / "manifest.json", json.dumps({"runs": states}, indent=2))

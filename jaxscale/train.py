@@ -6,8 +6,10 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import json
 import math
+import os
 import signal
 import sys
 import time
@@ -16,6 +18,7 @@ from pathlib import Path
 import jax
 import numpy as np
 
+from jaxscale import sharding
 from jaxscale.checkpoint import RunCheckpoints
 from jaxscale.config import Config, ConfigError, RunSpec, expand, load_raw, to_dict
 from jaxscale.data.corpora import load_corpus
@@ -76,13 +79,13 @@ def prepare_data(config: Config, cache: dict) -> Prepared:
 _COMPILED: dict = {}
 
 
-def compiled_for(model, config: Config, state, batch, eval_batch):
+def compiled_for(model, config: Config, mesh, state, batch, eval_batch):
     """AOT-compiled train and eval steps for this shape: compiled once per process, and timed."""
-    key = (model, step_key(config.train), batch.shape, eval_batch.shape)
+    key = (model, step_key(config.train), mesh, batch.shape, eval_batch.shape)
     if key in _COMPILED:
         return (*_COMPILED[key], 0.0)
     start = time.perf_counter()
-    train_fn, eval_fn = compiled_steps(model, step_key(config.train))
+    train_fn, eval_fn = compiled_steps(model, step_key(config.train), mesh)
     _COMPILED[key] = (train_fn.lower(state, batch).compile(), eval_fn.lower(state.params, eval_batch).compile())
     return (*_COMPILED[key], time.perf_counter() - start)
 
@@ -112,16 +115,22 @@ def run_one(spec: RunSpec, data: Prepared, run_dir: Path, progress: Progress, st
     config = spec.config
     cfg, train, seq_len = config.model, config.train, config.data.seq_len
     wall_start = time.perf_counter()
+    writer = sharding.is_writer()
     budget = plan_budget(len(data.splits["train"]), seq_len, train.batch_size, train.tokens)
     model = build_model(cfg, data.vocab_size, seq_len)
     n_params, n_nonembed = count_params(cfg, data.vocab_size, seq_len)
     run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "config.json").write_text(json.dumps({"run_id": spec.run_id, "repetition": spec.repetition,
-                                                      **to_dict(config)}, indent=2))
+    if writer:
+        (run_dir / "config.json").write_text(json.dumps({"run_id": spec.run_id, "repetition": spec.repetition,
+                                                          **to_dict(config)}, indent=2))
 
-    batches = train_iterator(train_dataset(data.splits["train"], seq_len, train.batch_size, budget.steps, train.seed))
-    held_out = eval_batches(data.splits["valid"], seq_len, train.batch_size, train.eval_tokens)
-    state = init_state(model, train, budget.steps, seq_len, jax.random.key(train.seed))
+    mesh = mesh_for(config.mesh)
+    index, count = sharding.data_shard(mesh)
+    batches = train_iterator(train_dataset(data.splits["train"], seq_len, train.batch_size, budget.steps, train.seed,
+                                           shard_index=index, shard_count=count))
+    held_out = [sharding.shard_batch(rows[index::count], mesh)
+                for rows in eval_batches(data.splits["valid"], seq_len, train.batch_size, train.eval_tokens)]
+    state = init_state(model, train, budget.steps, seq_len, jax.random.key(train.seed), mesh=mesh)
     checkpoints = RunCheckpoints(run_dir / "checkpoints", config.checkpoint.keep)
     restored = checkpoints.restore(state, batches)
     book = {"records": [], "wall_s": 0.0, "eval_s": 0.0, "compile_s": 0.0, "resumed_at": [], "energy": []}
@@ -131,28 +140,36 @@ def run_one(spec: RunSpec, data: Prepared, run_dir: Path, progress: Progress, st
         print(f"{spec.run_id}: resuming at step {len(book['records'])} of {budget.steps}", file=sys.stderr)
     idle_w = measure_idle(meter, config.energy.idle_s, config.energy.hz)
     segment = len(book["energy"])
-    sampler = Sampler(meter, config.energy.hz, run_dir / ("power.csv" if not segment else f"power.{segment}.csv"), idle_w)
+    power_csv = run_dir / ("power.csv" if not segment else f"power.{segment}.csv") if writer else None
+    sampler = Sampler(meter, config.energy.hz, power_csv, idle_w)
     sampler.start()
     try:
-        summary = _train(spec, data, run_dir, progress, stop, heartbeat, model, budget, batches, held_out, state,
-                         checkpoints, book, sampler, wall_start)
+        summary = _train(spec, data, run_dir, progress, stop, heartbeat, model, mesh, budget, batches, held_out,
+                         state, checkpoints, book, sampler, wall_start)
     finally:
         if sampler.summary is None:
             sampler.stop()
     summary.update(n_params=n_params, n_params_nonembed=n_nonembed, flops=6 * n_params * budget.tokens,
                    flops_per_token_matmul=flops_per_token(cfg, data.vocab_size, seq_len))
-    (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+    if writer:
+        (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
     return summary
 
 
-def _train(spec, data, run_dir, progress, stop, heartbeat, model, budget, batches, held_out, state, checkpoints,
-           book, sampler, wall_start) -> dict:
+@functools.lru_cache(maxsize=None)
+def mesh_for(cfg):
+    return sharding.make_mesh(cfg)
+
+
+def _train(spec, data, run_dir, progress, stop, heartbeat, model, mesh, budget, batches, held_out, state,
+           checkpoints, book, sampler, wall_start) -> dict:
     config = spec.config
     cfg, train, seq_len = config.model, config.train, config.data.seq_len
     records = book["records"]
     with sampler.window("compile"):
+        local_rows = np.zeros((train.batch_size // sharding.data_shard(mesh)[1], seq_len + 1), np.int32)
         train_step, eval_step, compile_s = compiled_for(
-            model, config, state, np.zeros((train.batch_size, seq_len + 1), np.int32), held_out[0])
+            model, config, mesh, state, sharding.shard_batch(local_rows, mesh), held_out[0])
     book["compile_s"] += compile_s
 
     def save(step: int, wait: bool = False) -> None:
@@ -161,10 +178,10 @@ def _train(spec, data, run_dir, progress, stop, heartbeat, model, budget, batche
 
     tokens_per_step = train.batch_size * seq_len
     failure = None
-    with open(run_dir / "metrics.jsonl", "w") as log:
+    with open(run_dir / "metrics.jsonl" if sharding.is_writer() else os.devnull, "w") as log:
         log.writelines(json.dumps(r) + "\n" for r in records)
         for step in range(len(records), budget.steps):
-            batch = next(batches)
+            batch = sharding.shard_batch(next(batches), mesh)
             start = time.perf_counter()
             state, metrics = train_step(state, batch)
             loss = float(metrics["loss"])  # the host sync that makes step time and energy honest
@@ -233,7 +250,7 @@ def run_sweep(raw: dict, out: Path, worker: tuple[int, int] = (0, 1), quiet: boo
         data = prepare_data(spec.config, data_cache)
         plan_budget(len(data.splits["train"]), spec.config.data.seq_len, spec.config.train.batch_size,
                     spec.config.train.tokens)
-    sweep = Sweep(out, raw, runs)
+    sweep = Sweep(out, raw, runs, writer=sharding.is_writer(), claiming=jax.process_count() == 1)
     progress = Progress(len(runs), quiet=quiet)
     meters = {}
     with StopSignals() as stop:
@@ -256,7 +273,7 @@ def run_sweep(raw: dict, out: Path, worker: tuple[int, int] = (0, 1), quiet: boo
     for meter in meters.values():
         meter.close()
     summaries = sweep.update()
-    if len(summaries) == len(runs):  # the last worker to finish writes the report
+    if len(summaries) == len(runs) and sharding.is_writer():  # the last worker to finish writes the report
         write_sweep_report(out, summaries)
     return summaries
 
@@ -295,6 +312,7 @@ def parse_args(argv):
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    sharding.initialize_distributed()
     try:
         raw = load_raw(args.config, args.overrides)
         out = Path(args.out or Path("runs") / raw["name"])
