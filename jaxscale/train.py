@@ -184,9 +184,9 @@ def _train(spec, data, run_dir, progress, stop, heartbeat, model, mesh, budget, 
             batch = sharding.shard_batch(next(batches), mesh)
             start = time.perf_counter()
             state, metrics = train_step(state, batch)
-            loss = float(metrics["loss"])  # the host sync that makes step time and energy honest
-            step_s = time.perf_counter() - start
-            record = {"step": step + 1, "loss": loss, "lr": float(metrics["lr"]), "step_s": round(step_s, 6),
+            loss, lr = map(float, jax.device_get((metrics["loss"], metrics["lr"])))  # the sync that makes
+            step_s = time.perf_counter() - start  # step time and energy honest: the step's outputs are ready
+            record = {"step": step + 1, "loss": loss, "lr": lr, "step_s": round(step_s, 6),
                       "tokens_per_s": round(tokens_per_step / step_s, 1), "energy_j": sampler.mark()}
             if not math.isfinite(loss):
                 failure = (step + 1, f"loss became {loss} at step {step + 1}")
@@ -213,7 +213,8 @@ def _train(spec, data, run_dir, progress, stop, heartbeat, model, mesh, budget, 
 
     summary = {
         "run_id": spec.run_id, "model": cfg.label, "d_model": cfg.d_model, "d_mlp": cfg.d_mlp, "n_layers": cfg.n_layers,
-        "tokens": budget.tokens, "token_budget": train.tokens, "steps": budget.steps, "epochs": round(budget.epochs, 4), "repetition": spec.repetition, "seed": train.seed,
+        "tokens": budget.tokens, "token_budget": train.tokens, "steps": budget.steps, "epochs": round(budget.epochs, 4),
+        "repetition": spec.repetition, "seed": train.seed,
         "vocab_size": data.vocab_size, "data": data.description, "status": "ok", "failed_step": None, "reason": "",
         "resumed_at_steps": book["resumed_at"],
     }
