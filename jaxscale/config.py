@@ -21,8 +21,8 @@ class ConfigError(ValueError):
 
 @dataclass(frozen=True)
 class DataConfig:
-    source: str = "auto"  # auto: `path` if given, else the embedded stdlib corpus; or dir | hf | stdlib
-    path: str = ""  # directory with train/valid/test text (WikiText raw layout)
+    source: str = "auto"  # auto (the embedded stdlib corpus) | hf | dir | stdlib
+    path: str = ""  # directory with train/valid/test text (WikiText raw layout); when given, it is the corpus
     hf_name: str = "wikitext-2-raw-v1"  # for source = "hf" (dataset "wikitext")
     seq_len: int = 64
 
@@ -67,7 +67,7 @@ class TrainConfig:
     seed: int = 0
     eval_every: int = 0  # 0: held-out loss only at the end of the run
     eval_tokens: int = 65_536  # held-out tokens per evaluation (capped by the split's size)
-    loss_chunk: int = 128  # tokens per chunk of the fused output-layer loss; 0: materialise all logits
+    loss_chunk: int = 128  # > 0: the blocked output-layer loss (jaxscale.loss); 0: materialise all logits
 
 
 @dataclass(frozen=True)

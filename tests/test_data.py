@@ -128,3 +128,9 @@ def test_eval_batches_are_the_first_windows_in_order():
     batches = eval_batches(tokens, seq_len=4, batch_size=3, max_tokens=24)
     assert [b.shape for b in batches] == [(3, 5), (3, 5)]
     assert batches[0][:, 0].tolist() == [0, 4, 8]
+
+
+@needs_shared(ENWIKI)
+def test_a_given_path_overrides_the_configs_source():
+    corpus = load_corpus(DataConfig(source="hf", path=str(ENWIKI)))
+    assert corpus.name == "enwiki-sample"

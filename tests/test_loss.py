@@ -40,3 +40,59 @@ def test_fused_loss_scales_with_the_upstream_gradient():
     g_plain = jax.grad(lambda h: 3.0 * cross_entropy(h, w, y, 0))(h)
     np.testing.assert_allclose(g_fused, g_plain, atol=1e-6)
     assert jnp.abs(g_fused).sum() > 0
+
+
+def stable_reference(h, w, y):
+    """numpy_reference with the loss as log-sum-exp minus the target logit, finite for huge logits."""
+    with np.errstate(divide="ignore"):
+        _, dh, dw = numpy_reference(h, w, y)
+    logits = np.asarray(h, np.float64) @ np.asarray(w, np.float64).T
+    m = logits.max(-1)
+    lse = m + np.log(np.exp(logits - m[:, None]).sum(-1))
+    return np.mean(lse - logits[np.arange(len(y)), y]), dh, dw
+
+
+@pytest.mark.parametrize("token_block,vocab_block", [(64, 256), (16, 100), (24, 300), (7, 128), (64, 1000)])
+@pytest.mark.parametrize("scale", [0.3, 30.0])
+def test_blocked_loss_matches_the_reference_for_any_tiling(token_block, vocab_block, scale):
+    """Vocabulary blocks with a leftover, several token blocks (an inner loop), token counts that need
+    padding, and logits in the hundreds (the online log-sum-exp must rescale, not overflow)."""
+    from jaxscale.loss import blocked_cross_entropy
+
+    k1, k2, k3 = jax.random.split(jax.random.key(4), 3)
+    h = jax.random.normal(k1, (64, 24))
+    w = jax.random.normal(k2, (1000, 24)) * scale
+    y = jax.random.randint(k3, (64,), 0, 1000)
+    loss, (dh, dw) = jax.jit(jax.value_and_grad(
+        lambda h, w: blocked_cross_entropy(h, w, y, token_block, vocab_block), argnums=(0, 1)))(h, w)
+    ref_loss, ref_dh, ref_dw = stable_reference(h, w, np.asarray(y))
+    np.testing.assert_allclose(loss, ref_loss, rtol=1e-5)
+    tol = 1e-6 * max(1.0, scale)
+    np.testing.assert_allclose(dh, ref_dh, atol=tol)
+    np.testing.assert_allclose(dw, ref_dw, atol=tol)
+
+
+def test_blocked_loss_forward_alone_and_its_tile_sizes():
+    from jaxscale.loss import blocked_cross_entropy, vocab_block_for
+
+    h = jax.random.normal(jax.random.key(5), (2, 32, 16))
+    w = jax.random.normal(jax.random.key(6), (777, 16))
+    y = jax.random.randint(jax.random.key(7), (2, 32), 0, 777)
+    ref = numpy_reference(h.reshape(-1, 16), w, np.asarray(y).reshape(-1))[0]
+    np.testing.assert_allclose(jax.jit(lambda h: cross_entropy(h, w, y, 1024))(h), ref, rtol=1e-5)
+    np.testing.assert_allclose(blocked_cross_entropy(h.reshape(-1, 16), w, y.reshape(-1), 20, 64), ref, rtol=1e-5)
+    assert vocab_block_for(1024, 50257) == 1024 and vocab_block_for(128, 50257) == 8192
+    assert vocab_block_for(1 << 16, 50257) == 256 and vocab_block_for(1024, 300) == 300
+
+
+def test_blocked_loss_in_bfloat16_stays_close():
+    k1, k2, k3 = jax.random.split(jax.random.key(8), 3)
+    h = jax.random.normal(k1, (64, 32)).astype(jnp.bfloat16)
+    w = (jax.random.normal(k2, (500, 32)) * 0.3).astype(jnp.bfloat16)
+    y = jax.random.randint(k3, (64,), 0, 500)
+    loss, (dh, dw) = jax.value_and_grad(lambda h, w: cross_entropy(h, w, y, 16), argnums=(0, 1))(h, w)
+    ref_loss, ref_dh, ref_dw = numpy_reference(h.astype(jnp.float32), w.astype(jnp.float32), np.asarray(y))
+    assert dh.dtype == jnp.bfloat16 and dw.dtype == jnp.bfloat16
+    np.testing.assert_allclose(loss, ref_loss, rtol=2e-2)
+    np.testing.assert_allclose(np.asarray(dh, np.float32), ref_dh, atol=2e-3)
+    np.testing.assert_allclose(np.asarray(dw, np.float32), ref_dw, atol=2e-3)

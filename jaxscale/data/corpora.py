@@ -43,7 +43,7 @@ class Corpus:
 
 def load_corpus(cfg: DataConfig) -> Corpus:
     source = cfg.source
-    if source == "auto":
+    if cfg.path or source == "auto":  # a path names the corpus, whatever source a config's default says
         source = "dir" if cfg.path else "stdlib"
     if source == "dir":
         return from_directory(Path(cfg.path))
