@@ -242,7 +242,7 @@ def _build(raw: dict, point: dict) -> Config:
     return Config(name=str(raw.get("name", "run")), **sections)
 
 
-def _label(key: str, value, config: Config) -> str:
+def _label(key: str, config: Config) -> str:
     if key == "model":
         return config.model.label
     section, leaf = key.split(".")
@@ -296,7 +296,7 @@ def expand(raw: dict) -> list[RunSpec]:
         point = dict(zip(keys, combo))
         config = _build(raw, point)
         validate(config)
-        labels = [_label(k, v, config) for k, v in point.items()]
+        labels = [_label(key, config) for key in point]
         reps = config.sweep.repetitions
         for rep in range(reps):
             seed = config.train.seed if reps == 1 else repetition_seed(config.train.seed, rep)
