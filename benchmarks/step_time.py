@@ -47,6 +47,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
+from jaxscale import hostmem  # noqa: E402
 from jaxscale.config import ModelConfig, TrainConfig, expand, load_raw  # noqa: E402
 from jaxscale.models import build_model, count_params, flops_per_token  # noqa: E402
 from jaxscale.step import compiled_steps, init_state, step_key  # noqa: E402
@@ -159,7 +160,7 @@ def bench_shape(cfg, train, seq_len, vocab, frameworks, steps, rounds, warmup, l
             times[name] += these
             round_medians[name].append(statistics.median(these))
     row = {}
-    for name in frameworks:
+    for name in FRAMEWORKS:
         if name in times:
             row[f"{name}_ms"] = 1e3 * statistics.median(times[name])
             row[f"{name}_ms_lo"] = 1e3 * min(round_medians[name])
@@ -170,11 +171,12 @@ def bench_shape(cfg, train, seq_len, vocab, frameworks, steps, rounds, warmup, l
 
 
 def main(argv=None) -> int:
+    hostmem.retain_freed_memory()  # as jaxscale.train does; PyTorch, in the same process, gets it too
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", default=str(ROOT / "configs" / "tiny_grid.toml"))
     parser.add_argument("--json", action="store_true", help="print the rows as JSON on stdout")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                        help="config override, as for jaxscale.train (e.g. train.loss_chunk=1024)")
+                        help="config override, as for jaxscale.train (e.g. train.loss=blocked)")
     parser.add_argument("--vocab", type=int, default=50257, help="vocabulary size (GPT-2's by default)")
     parser.add_argument("--steps", type=int, default=24, help="timed steps per framework and shape (>= 20)")
     parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds the timed steps are split into")
@@ -194,7 +196,7 @@ def main(argv=None) -> int:
     frameworks = [f for f in args.frameworks.split(",") if f]
     tokens = train.batch_size * seq_len
     log(f"{len(models)} shapes, batch {train.batch_size} x {seq_len} tokens, vocab {args.vocab}, float32, "
-        f"loss_chunk {train.loss_chunk}; load average {os.getloadavg()[0]:.2f}")
+        f"loss {train.loss}; load average {os.getloadavg()[0]:.2f}")
     peaks = measure_peak()
     log(f"peak (4096^3 float32 matmul): " + ", ".join(f"{k} {v:.0f} GFLOP/s" for k, v in peaks.items()))
 
@@ -220,8 +222,8 @@ def main(argv=None) -> int:
             row[f"{f}_tokens_s"] = tokens / ms * 1e3
             row[f"{f}_mfu"] = flops / (ms / 1e3) / (peak * 1e9)
         row["jax_gflops"] = flops / (row["jax_ms"] / 1e3) / 1e9
-        row["speedup_vs_eager"] = row["torch_eager_ms"] / row["jax_ms"]
-        row["speedup_vs_compile"] = row["torch_compile_ms"] / row["jax_ms"]
+        row["speedup_vs_eager"] = row.get("torch_eager_ms", float("nan")) / row["jax_ms"]
+        row["speedup_vs_compile"] = row.get("torch_compile_ms", float("nan")) / row["jax_ms"]
         row["peak_gflops"] = peak
     meta = machine(peaks, train, seq_len, args)
     if not args.no_write:
@@ -247,7 +249,7 @@ def machine(peaks, train, seq_len, args) -> dict:
         pass
     return {"date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), "cpu": cpu, "cores": os.cpu_count(),
             "peaks": {k: round(v, 1) for k, v in peaks.items()}, "versions": versions,
-            "batch": train.batch_size, "seq_len": seq_len, "vocab": args.vocab, "loss_chunk": train.loss_chunk,
+            "batch": train.batch_size, "seq_len": seq_len, "vocab": args.vocab, "loss": train.loss,
             "steps": args.steps, "rounds": args.rounds, "overrides": args.set, "xla_flags": os.environ.get("XLA_FLAGS", "")}
 
 
@@ -257,7 +259,7 @@ def _round(x):
 
 def markdown(rows, meta) -> str:
     lines = [f"Train step, batch {meta['batch']} x {meta['seq_len']} tokens, vocabulary {meta['vocab']:,}, float32, "
-             f"AdamW, loss_chunk {meta['loss_chunk']}; {meta['cpu']}, {meta['cores']} cores; {meta['date']}; "
+             f"AdamW, loss {meta['loss']}; {meta['cpu']}, {meta['cores']} cores; {meta['date']}; "
              + ", ".join(f"{k} {v}" for k, v in meta["versions"].items()) + ".",
              f"Median of {meta['steps']} steps in {meta['rounds']} interleaved rounds (lowest-highest round median); "
              f"peak {max(meta['peaks'].values()):.0f} GFLOP/s measured in the same process "

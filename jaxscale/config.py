@@ -67,7 +67,8 @@ class TrainConfig:
     seed: int = 0
     eval_every: int = 0  # 0: held-out loss only at the end of the run
     eval_tokens: int = 65_536  # held-out tokens per evaluation (capped by the split's size)
-    loss_chunk: int = 128  # > 0: the blocked output-layer loss (jaxscale.loss); 0: materialise all logits
+    loss: str = "auto"  # output-layer loss: full (all logits) | blocked (tiles) | auto (jaxscale.loss picks by shape)
+    loss_chunk: int = 128  # tokens per tile of the blocked loss (at least loss.MIN_TOKEN_BLOCK)
 
 
 @dataclass(frozen=True)
@@ -126,6 +127,7 @@ _CHOICES = {
     "model.arch": ("tiny", "llama"),
     "model.dtype": ("float32", "bfloat16"),
     "sweep.order": ("sequential", "random"),
+    "train.loss": ("auto", "blocked", "full"),
     "energy.meter": ("auto", "nvml", "rapl", "none"),
 }
 
@@ -255,12 +257,12 @@ def validate(config: Config) -> None:
     positive = {
         "data.seq_len": d.seq_len, "train.batch_size": t.batch_size, "model.d_model": m.d_model,
         "model.d_mlp": m.d_mlp, "model.n_layers": m.n_layers, "tokenizer.vocab_size": config.tokenizer.vocab_size,
-        "sweep.repetitions": config.sweep.repetitions, "energy.hz": config.energy.hz, "checkpoint.keep": config.checkpoint.keep,
+        "sweep.repetitions": config.sweep.repetitions, "train.loss_chunk": t.loss_chunk, "energy.hz": config.energy.hz, "checkpoint.keep": config.checkpoint.keep,
     }
     for key, value in positive.items():
         if value <= 0:
             raise ConfigError(f"{key}: must be > 0, got {value}")
-    for key, value in {"train.lr": t.lr, "train.eval_tokens": t.eval_tokens, "train.loss_chunk": t.loss_chunk,
+    for key, value in {"train.lr": t.lr, "train.eval_tokens": t.eval_tokens,
                        "train.eval_every": t.eval_every, "checkpoint.every": config.checkpoint.every,
                        "energy.idle_s": config.energy.idle_s, "train.grad_clip": t.grad_clip}.items():
         if value < 0:

@@ -1,8 +1,7 @@
-"""Cross-entropy of the output layer without materialising the full [tokens, vocab] logits.
+"""Cross-entropy of the output layer, with or without materialising the full [tokens, vocab] logits.
 
 With a 50,257-token vocabulary the logits of a 16 x 64 batch are 206 MB; writing them, reading them
-for the softmax and writing their gradient dominates a tiny model's step (and page-faulting a fresh
-206 MB buffer every step costs as much again on a CPU). `blocked_cross_entropy` never holds more
+for the softmax and writing their gradient dominates a small model's step. `blocked_cross_entropy` never holds more
 than one tile of [token block, vocabulary block] logits, small enough to stay in cache — the idea of
 "Cut Your Losses in Large-Vocabulary Language Models" (Wijmans et al., 2024):
 
@@ -33,18 +32,33 @@ from jax import lax
 
 TILE_LOGITS = 1 << 20  # logits per tile (4 MB in float32): the vocabulary block is sized from it
 MIN_TOKEN_BLOCK = 1024  # tile rows of fewer tokens were slower on XLA:CPU (the inner token loop)
+# train.loss = "auto" keeps all logits when recomputing them would cost more than storing them:
+# the recompute costs 2 d FLOPs per logit, storing costs 8 bytes of memory traffic per logit. On
+# the 2-core CPU of benchmarks/results/step_time.md the blocked loss won below d_model 64 and the
+# full logits above it (-8% to -19% per step at d 96-128, with host memory kept: jaxscale.hostmem);
+# above FULL_LOGITS_MAX_BYTES (e.g. a Llama's long batches) the tiles always win.
+FULL_LOGITS_MIN_D = 64
+FULL_LOGITS_MAX_BYTES = 256 << 20
 
 
-def cross_entropy(hidden, unembed, targets, chunk: int = 0):
+def cross_entropy(hidden, unembed, targets, mode: str = "auto", chunk: int = 128):
     """Mean next-token loss. hidden [..., d], unembed [V, d], targets [...] int.
-    chunk > 0: the blocked loss, tiles of max(chunk, MIN_TOKEN_BLOCK) tokens (all of them when
-    fewer) x a vocabulary block; chunk = 0: plain logits (the reference)."""
+    mode "full": the plain logits (also the reference); "blocked": tiles of max(chunk, MIN_TOKEN_BLOCK)
+    tokens (all of them when fewer) x a vocabulary block; "auto": `loss_mode` picks by shape."""
     h = hidden.reshape(-1, hidden.shape[-1])
     y = targets.reshape(-1)
-    if chunk <= 0:
+    if mode == "auto":
+        mode = loss_mode(h.shape[0], *unembed.shape)
+    if mode == "full":
         return plain_cross_entropy(h, unembed, y)
     token_block = min(max(chunk, MIN_TOKEN_BLOCK), h.shape[0])
     return blocked_cross_entropy(h, unembed, y, token_block, vocab_block_for(token_block, unembed.shape[0]))
+
+
+def loss_mode(tokens: int, vocab: int, d_model: int) -> str:
+    """"full" or "blocked" for train.loss = "auto" (see FULL_LOGITS_MIN_D)."""
+    small = 4 * tokens * vocab <= FULL_LOGITS_MAX_BYTES
+    return "full" if d_model >= FULL_LOGITS_MIN_D and small else "blocked"
 
 
 def vocab_block_for(token_block: int, vocab: int) -> int:

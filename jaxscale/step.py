@@ -88,13 +88,13 @@ def state_shardings(model, train: TrainConfig, mesh) -> TrainState:
     return TrainState(params=params, opt_state=opt_state, step=replicated, schedule=replicated)
 
 
-def loss_fn(model, loss_chunk: int, params, batch):
+def loss_fn(model, train: TrainConfig, params, batch):
     hidden, unembed = model.apply({"params": params}, batch[:, :-1])
-    return cross_entropy(hidden, unembed, batch[:, 1:], loss_chunk)
+    return cross_entropy(hidden, unembed, batch[:, 1:], train.loss, train.loss_chunk)
 
 
-def train_step(model, tx, loss_chunk: int, state: TrainState, batch):
-    loss, grads = jax.value_and_grad(functools.partial(loss_fn, model, loss_chunk))(state.params, batch)
+def train_step(model, tx, train: TrainConfig, state: TrainState, batch):
+    loss, grads = jax.value_and_grad(functools.partial(loss_fn, model, train))(state.params, batch)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     lr = learning_rate(state.step, state.schedule)
     params = jax.tree.map(lambda p, u: p - lr * u.astype(p.dtype), state.params, updates)
@@ -102,8 +102,8 @@ def train_step(model, tx, loss_chunk: int, state: TrainState, batch):
     return new_state, {"loss": loss, "lr": lr, "grad_norm": optax.tree.norm(grads)}
 
 
-def eval_step(model, loss_chunk: int, params, batch):
-    return loss_fn(model, loss_chunk, params, batch)
+def eval_step(model, train: TrainConfig, params, batch):
+    return loss_fn(model, train, params, batch)
 
 
 @functools.lru_cache(maxsize=None)
@@ -113,8 +113,8 @@ def compiled_steps(model, train: TrainConfig, mesh=None):
     With a mesh: the state stays where `state_shardings` puts it, the batch (from
     sharding.shard_batch) is split over data x fsdp, metrics come back replicated."""
     tx = optimizer(train)
-    train_fn = functools.partial(train_step, model, tx, train.loss_chunk)
-    eval_fn = functools.partial(eval_step, model, train.loss_chunk)
+    train_fn = functools.partial(train_step, model, tx, train)
+    eval_fn = functools.partial(eval_step, model, train)
     if mesh is None:
         return jax.jit(train_fn, donate_argnums=0), jax.jit(eval_fn)
     state = state_shardings(model, train, mesh)
@@ -128,4 +128,4 @@ def compiled_steps(model, train: TrainConfig, mesh=None):
 def step_key(train: TrainConfig) -> TrainConfig:
     """The part of the train config the compiled step depends on: budget, lr, seed etc. are data."""
     return TrainConfig(beta1=train.beta1, beta2=train.beta2, weight_decay=train.weight_decay,
-                       grad_clip=train.grad_clip, loss_chunk=train.loss_chunk)
+                       grad_clip=train.grad_clip, loss=train.loss, loss_chunk=train.loss_chunk)

@@ -18,7 +18,7 @@ from pathlib import Path
 import jax
 import numpy as np
 
-from jaxscale import sharding
+from jaxscale import hostmem, sharding
 from jaxscale.checkpoint import RunCheckpoints
 from jaxscale.config import Config, ConfigError, RunSpec, expand, load_raw, to_dict
 from jaxscale.data.corpora import load_corpus
@@ -313,6 +313,7 @@ def parse_args(argv):
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    hostmem.retain_freed_memory()
     sharding.initialize_distributed()
     try:
         raw = load_raw(args.config, args.overrides)

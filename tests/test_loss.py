@@ -19,13 +19,13 @@ def numpy_reference(h, w, y):
     return loss, g @ w, g.T @ h
 
 
-@pytest.mark.parametrize("chunk", [0, 8, 32])
-def test_loss_and_gradients_match_a_float64_reference(chunk):
+@pytest.mark.parametrize("mode,chunk", [("full", 128), ("blocked", 8), ("blocked", 32), ("auto", 128)])
+def test_loss_and_gradients_match_a_float64_reference(mode, chunk):
     k1, k2, k3 = jax.random.split(jax.random.key(0), 3)
     h = jax.random.normal(k1, (64, 24))
     w = jax.random.normal(k2, (1000, 24)) * 0.3
     y = jax.random.randint(k3, (64,), 0, 1000)
-    loss, (dh, dw) = jax.value_and_grad(lambda h, w: cross_entropy(h, w, y, chunk), argnums=(0, 1))(h, w)
+    loss, (dh, dw) = jax.value_and_grad(lambda h, w: cross_entropy(h, w, y, mode, chunk), argnums=(0, 1))(h, w)
     ref_loss, ref_dh, ref_dw = numpy_reference(h, w, np.asarray(y))
     np.testing.assert_allclose(loss, ref_loss, rtol=1e-5)
     np.testing.assert_allclose(dh, ref_dh, atol=1e-6)
@@ -36,8 +36,8 @@ def test_fused_loss_scales_with_the_upstream_gradient():
     h = jax.random.normal(jax.random.key(1), (2, 16, 8))
     w = jax.random.normal(jax.random.key(2), (50, 8))
     y = jax.random.randint(jax.random.key(3), (2, 16), 0, 50)
-    g_fused = jax.grad(lambda h: 3.0 * cross_entropy(h, w, y, 8))(h)
-    g_plain = jax.grad(lambda h: 3.0 * cross_entropy(h, w, y, 0))(h)
+    g_fused = jax.grad(lambda h: 3.0 * cross_entropy(h, w, y, "blocked", 8))(h)
+    g_plain = jax.grad(lambda h: 3.0 * cross_entropy(h, w, y, "full"))(h)
     np.testing.assert_allclose(g_fused, g_plain, atol=1e-6)
     assert jnp.abs(g_fused).sum() > 0
 
@@ -79,7 +79,7 @@ def test_blocked_loss_forward_alone_and_its_tile_sizes():
     w = jax.random.normal(jax.random.key(6), (777, 16))
     y = jax.random.randint(jax.random.key(7), (2, 32), 0, 777)
     ref = numpy_reference(h.reshape(-1, 16), w, np.asarray(y).reshape(-1))[0]
-    np.testing.assert_allclose(jax.jit(lambda h: cross_entropy(h, w, y, 1024))(h), ref, rtol=1e-5)
+    np.testing.assert_allclose(jax.jit(lambda h: cross_entropy(h, w, y, "blocked", 1024))(h), ref, rtol=1e-5)
     np.testing.assert_allclose(blocked_cross_entropy(h.reshape(-1, 16), w, y.reshape(-1), 20, 64), ref, rtol=1e-5)
     assert vocab_block_for(1024, 50257) == 1024 and vocab_block_for(128, 50257) == 8192
     assert vocab_block_for(1 << 16, 50257) == 256 and vocab_block_for(1024, 300) == 300
@@ -90,9 +90,16 @@ def test_blocked_loss_in_bfloat16_stays_close():
     h = jax.random.normal(k1, (64, 32)).astype(jnp.bfloat16)
     w = (jax.random.normal(k2, (500, 32)) * 0.3).astype(jnp.bfloat16)
     y = jax.random.randint(k3, (64,), 0, 500)
-    loss, (dh, dw) = jax.value_and_grad(lambda h, w: cross_entropy(h, w, y, 16), argnums=(0, 1))(h, w)
+    loss, (dh, dw) = jax.value_and_grad(lambda h, w: cross_entropy(h, w, y, "blocked", 16), argnums=(0, 1))(h, w)
     ref_loss, ref_dh, ref_dw = numpy_reference(h.astype(jnp.float32), w.astype(jnp.float32), np.asarray(y))
     assert dh.dtype == jnp.bfloat16 and dw.dtype == jnp.bfloat16
     np.testing.assert_allclose(loss, ref_loss, rtol=2e-2)
     np.testing.assert_allclose(np.asarray(dh, np.float32), ref_dh, atol=2e-3)
     np.testing.assert_allclose(np.asarray(dw, np.float32), ref_dw, atol=2e-3)
+
+
+def test_auto_mode_keeps_the_logits_only_for_wide_models_and_small_batches():
+    from jaxscale.loss import loss_mode
+    assert loss_mode(16 * 64, 50257, 128) == "full"  # the tiny grid's largest model: 206 MB of logits
+    assert loss_mode(16 * 64, 50257, 32) == "blocked"  # recomputing a narrow tile is cheaper than storing it
+    assert loss_mode(8 * 2048, 32000, 2048) == "blocked"  # TinyLlama's batch: 2.1 GB of logits

@@ -22,7 +22,7 @@ from jaxscale.step import compiled_steps, init_state, state_shardings, step_key
 MESHES = [(8, 1, 1), (2, 4, 1), (2, 2, 2)]
 STEPS, BATCH, SEQ, VOCAB = 10, 8, 32, 256
 MODEL = ModelConfig(arch="llama", d_model=64, n_layers=1, n_heads=4, n_kv_heads=2, d_mlp=128)
-TRAIN = TrainConfig(lr=1e-2, warmup_frac=0.2, loss_chunk=128)  # 256 tokens a batch: the fused, chunked loss
+TRAIN = TrainConfig(lr=1e-2, warmup_frac=0.2, loss="blocked", loss_chunk=128)  # 256 tokens a batch: the blocked loss
 # Unoptimised XLA CPU code compiles ~4x faster; every run in a worker uses the same flags.
 FAST_COMPILE = "--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true"
 

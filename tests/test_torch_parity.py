@@ -1,6 +1,7 @@
 """The PyTorch twins in benchmarks/torch_models.py compute what jaxscale computes: the same loss from the
 same weights (to 1e-4), and the same losses over a few AdamW steps. Skipped without torch
 (`pip install 'jaxscale[bench]'`)."""
+import dataclasses
 import importlib.util
 
 import jax
@@ -29,7 +30,7 @@ MODELS = {
     "tiny-untied-4heads": ModelConfig(d_model=64, d_mlp=128, n_layers=1, n_heads=4, tie_embeddings=False),
     "llama-gqa": ModelConfig(arch="llama", d_model=64, d_mlp=128, n_layers=2, n_heads=4, n_kv_heads=2),
 }
-TRAIN = TrainConfig(lr=3e-3, warmup_frac=0.25, loss_chunk=1024)
+TRAIN = TrainConfig(lr=3e-3, warmup_frac=0.25, loss="blocked", loss_chunk=1024)
 
 
 def batches():
@@ -43,8 +44,8 @@ def test_same_loss_from_the_same_weights(name):
     model = build_model(cfg, VOCAB, SEQ)
     state = init_state(model, TRAIN, STEPS, SEQ, jax.random.key(0))
     batch = batches()[0]
-    jax_loss = float(loss_fn(model, TRAIN.loss_chunk, state.params, batch))
-    jax_plain = float(loss_fn(model, 0, state.params, batch))
+    jax_loss = float(loss_fn(model, TRAIN, state.params, batch))
+    jax_plain = float(loss_fn(model, dataclasses.replace(TRAIN, loss="full"), state.params, batch))
 
     twin = tm.load_jax_params(tm.build_model(cfg, VOCAB, SEQ), state.params)
     tokens = torch.from_numpy(batch).long()
