@@ -1,6 +1,7 @@
 """Train-step time of jaxscale against PyTorch (eager and torch.compile), with MFU against a measured peak.
 
     python benchmarks/step_time.py [--config configs/tiny_grid.toml] [--json] [--steps 24] [--rounds 3]
+                                   [--host-memory retain|default]
 
 For every model shape in the config (its [[model]] list; the tiny grid by default), at the config's
 batch and sequence length, float32, the vocabulary of --vocab (GPT-2's 50,257 by default):
@@ -23,7 +24,14 @@ and backward pass (3 x forward) — q, k, v, output and MLP projections, attenti
 step / step time / peak. The blocked loss recomputes the output layer's logits in the backward
 pass; that extra matmul is not counted (MFU counts the model's FLOPs, not the work done).
 
-Results: benchmarks/results/step_time.csv and .md (--out DIR to change), rows as JSON with --json.
+Host memory: jaxscale.train makes glibc keep freed memory (jaxscale.hostmem), which spares every step
+the page faults of re-allocating its large buffers. PyTorch's eager step materialises the same large
+logits and gains as much from it, so by default (--host-memory retain) every framework in the process
+runs with it: the like-for-like comparison. --host-memory default measures all of them with glibc's
+defaults, as a plain PyTorch script runs.
+
+Results: benchmarks/results/step_time.csv and .md (step_time_default_malloc.* with --host-memory
+default; --out DIR to change), rows as JSON with --json.
 """
 from __future__ import annotations
 
@@ -171,7 +179,6 @@ def bench_shape(cfg, train, seq_len, vocab, frameworks, steps, rounds, warmup, l
 
 
 def main(argv=None) -> int:
-    hostmem.retain_freed_memory()  # as jaxscale.train does; PyTorch, in the same process, gets it too
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", default=str(ROOT / "configs" / "tiny_grid.toml"))
     parser.add_argument("--json", action="store_true", help="print the rows as JSON on stdout")
@@ -185,7 +192,12 @@ def main(argv=None) -> int:
     parser.add_argument("--frameworks", default=",".join(FRAMEWORKS))
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results"), help="directory for step_time.csv/.md")
     parser.add_argument("--no-write", action="store_true", help="don't write the CSV and Markdown files")
+    parser.add_argument("--host-memory", choices=("retain", "default"), default="retain",
+                        help="retain: glibc keeps freed memory, as jaxscale.train sets it (jaxscale.hostmem), for every "
+                             "framework in this process; default: glibc's defaults, as a plain PyTorch script runs")
     args = parser.parse_args(argv)
+    if args.host_memory == "retain" and not hostmem.retain_freed_memory():
+        parser.error("--host-memory retain: glibc's mallopt is not available here")
 
     log = (lambda msg: print(msg, file=sys.stderr, flush=True)) if args.json else (lambda msg: print(msg, flush=True))
     raw = load_raw(args.config, args.set)
@@ -250,7 +262,8 @@ def machine(peaks, train, seq_len, args) -> dict:
     return {"date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), "cpu": cpu, "cores": os.cpu_count(),
             "peaks": {k: round(v, 1) for k, v in peaks.items()}, "versions": versions,
             "batch": train.batch_size, "seq_len": seq_len, "vocab": args.vocab, "loss": train.loss,
-            "steps": args.steps, "rounds": args.rounds, "overrides": args.set, "xla_flags": os.environ.get("XLA_FLAGS", "")}
+            "steps": args.steps, "rounds": args.rounds, "overrides": args.set, "xla_flags": os.environ.get("XLA_FLAGS", ""),
+            "host_memory": args.host_memory}
 
 
 def _round(x):
@@ -259,7 +272,8 @@ def _round(x):
 
 def markdown(rows, meta) -> str:
     lines = [f"Train step, batch {meta['batch']} x {meta['seq_len']} tokens, vocabulary {meta['vocab']:,}, float32, "
-             f"AdamW, loss {meta['loss']}; {meta['cpu']}, {meta['cores']} cores; {meta['date']}; "
+             f"AdamW, loss {meta['loss']}, host memory {meta['host_memory']}; {meta['cpu']}, {meta['cores']} cores; "
+             f"{meta['date']}; "
              + ", ".join(f"{k} {v}" for k, v in meta["versions"].items()) + ".",
              f"Median of {meta['steps']} steps in {meta['rounds']} interleaved rounds (lowest-highest round median); "
              f"peak {max(meta['peaks'].values()):.0f} GFLOP/s measured in the same process "
@@ -286,13 +300,14 @@ def markdown(rows, meta) -> str:
 
 def write(out: Path, rows, meta) -> None:
     out.mkdir(parents=True, exist_ok=True)
-    with open(out / "step_time.csv", "w", newline="") as f:
+    name = "step_time" if meta["host_memory"] == "retain" else "step_time_default_malloc"
+    with open(out / f"{name}.csv", "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=COLUMNS, extrasaction="ignore")
         writer.writeheader()
         for row in rows:
             writer.writerow({k: _round(row.get(k)) for k in COLUMNS})
-    (out / "step_time.md").write_text(markdown(rows, meta) + "\n")
-    (out / "step_time.json").write_text(json.dumps({"machine": meta, "rows": [
+    (out / f"{name}.md").write_text(markdown(rows, meta) + "\n")
+    (out / f"{name}.json").write_text(json.dumps({"machine": meta, "rows": [
         {k: _round(row.get(k)) for k in COLUMNS} for row in rows]}, indent=1) + "\n")
 
 

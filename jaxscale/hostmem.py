@@ -15,10 +15,17 @@ import ctypes
 import sys
 
 M_TRIM_THRESHOLD, M_MMAP_MAX, M_ARENA_MAX = -1, -4, -8  # glibc's mallopt parameters (malloc.h)
+_retained = False
+
+
+def retained() -> bool:
+    """Whether retain_freed_memory() took effect in this process."""
+    return _retained
 
 
 def retain_freed_memory() -> bool:
     """True when glibc accepted all three settings; False (and nothing changed) elsewhere."""
+    global _retained
     if not sys.platform.startswith("linux"):
         return False
     try:
@@ -27,4 +34,5 @@ def retain_freed_memory() -> bool:
         return False
     mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
     settings = {M_ARENA_MAX: 1, M_MMAP_MAX: 0, M_TRIM_THRESHOLD: 2**31 - 1}
-    return all(mallopt(param, value) == 1 for param, value in settings.items())
+    _retained = all(mallopt(param, value) == 1 for param, value in settings.items())
+    return _retained

@@ -30,13 +30,17 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
+from jaxscale import hostmem
+
 TILE_LOGITS = 1 << 20  # logits per tile (4 MB in float32): the vocabulary block is sized from it
 MIN_TOKEN_BLOCK = 1024  # tile rows of fewer tokens were slower on XLA:CPU (the inner token loop)
 # train.loss = "auto" keeps all logits when recomputing them would cost more than storing them:
 # the recompute costs 2 d FLOPs per logit, storing costs 8 bytes of memory traffic per logit. On
 # the 2-core CPU of benchmarks/results/step_time.md the blocked loss won below d_model 64 and the
-# full logits above it (-8% to -19% per step at d 96-128, with host memory kept: jaxscale.hostmem);
-# above FULL_LOGITS_MAX_BYTES (e.g. a Llama's long batches) the tiles always win.
+# full logits above it (-8% to -19% per step at d 96-128) — provided freed host memory is kept
+# (jaxscale.hostmem, as the CLI sets it): without it, page-faulting 206 MB of fresh logits every
+# step makes the full logits the slower choice. Above FULL_LOGITS_MAX_BYTES (e.g. a Llama's long
+# batches) the tiles always win.
 FULL_LOGITS_MIN_D = 64
 FULL_LOGITS_MAX_BYTES = 256 << 20
 
@@ -58,7 +62,8 @@ def cross_entropy(hidden, unembed, targets, mode: str = "auto", chunk: int = 128
 def loss_mode(tokens: int, vocab: int, d_model: int) -> str:
     """"full" or "blocked" for train.loss = "auto" (see FULL_LOGITS_MIN_D)."""
     small = 4 * tokens * vocab <= FULL_LOGITS_MAX_BYTES
-    return "full" if d_model >= FULL_LOGITS_MIN_D and small else "blocked"
+    reused = hostmem.retained() or jax.default_backend() != "cpu"  # device allocators reuse their memory
+    return "full" if d_model >= FULL_LOGITS_MIN_D and small and reused else "blocked"
 
 
 def vocab_block_for(token_block: int, vocab: int) -> int:

@@ -98,8 +98,12 @@ def test_blocked_loss_in_bfloat16_stays_close():
     np.testing.assert_allclose(np.asarray(dw, np.float32), ref_dw, atol=2e-3)
 
 
-def test_auto_mode_keeps_the_logits_only_for_wide_models_and_small_batches():
+def test_auto_mode_keeps_the_logits_only_for_wide_models_and_small_batches(monkeypatch):
+    from jaxscale import hostmem
     from jaxscale.loss import loss_mode
+    monkeypatch.setattr(hostmem, "_retained", False)
+    assert loss_mode(16 * 64, 50257, 128) == "blocked"  # CPU, freed memory handed back: faulting the logits costs more
+    monkeypatch.setattr(hostmem, "_retained", True)
     assert loss_mode(16 * 64, 50257, 128) == "full"  # the tiny grid's largest model: 206 MB of logits
     assert loss_mode(16 * 64, 50257, 32) == "blocked"  # recomputing a narrow tile is cheaper than storing it
     assert loss_mode(8 * 2048, 32000, 2048) == "blocked"  # TinyLlama's batch: 2.1 GB of logits
