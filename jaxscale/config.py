@@ -257,7 +257,8 @@ def validate(config: Config) -> None:
     positive = {
         "data.seq_len": d.seq_len, "train.batch_size": t.batch_size, "model.d_model": m.d_model,
         "model.d_mlp": m.d_mlp, "model.n_layers": m.n_layers, "tokenizer.vocab_size": config.tokenizer.vocab_size,
-        "sweep.repetitions": config.sweep.repetitions, "train.loss_chunk": t.loss_chunk, "energy.hz": config.energy.hz, "checkpoint.keep": config.checkpoint.keep,
+        "sweep.repetitions": config.sweep.repetitions, "train.loss_chunk": t.loss_chunk, "energy.hz": config.energy.hz,
+        "checkpoint.keep": config.checkpoint.keep,
     }
     for key, value in positive.items():
         if value <= 0:

@@ -1,9 +1,9 @@
 """Cross-entropy of the output layer, with or without materialising the full [tokens, vocab] logits.
 
 With a 50,257-token vocabulary the logits of a 16 x 64 batch are 206 MB; writing them, reading them
-for the softmax and writing their gradient dominates a small model's step. `blocked_cross_entropy` never holds more
-than one tile of [token block, vocabulary block] logits, small enough to stay in cache — the idea of
-"Cut Your Losses in Large-Vocabulary Language Models" (Wijmans et al., 2024):
+for the softmax and writing their gradient dominates a small model's step. `blocked_cross_entropy`
+never holds more than one tile of [token block, vocabulary block] logits, small enough to stay in
+cache — the idea of "Cut Your Losses in Large-Vocabulary Language Models" (Wijmans et al., 2024):
 
 - forward: walk the vocabulary in blocks, keeping an online log-sum-exp per token (a running max
   and a rescaled sum, as flash attention does); the target logit is a gather and a dot product.
