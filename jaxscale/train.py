@@ -14,6 +14,7 @@ import signal
 import sys
 import time
 from pathlib import Path
+from typing import Any, Callable
 
 import jax
 import numpy as np
@@ -22,7 +23,7 @@ from jaxscale import hostmem, sharding
 from jaxscale.checkpoint import RunCheckpoints
 from jaxscale.config import Config, ConfigError, RunSpec, expand, load_raw, to_dict
 from jaxscale.data.corpora import load_corpus
-from jaxscale.data.loader import eval_batches, plan_budget, train_dataset, train_iterator
+from jaxscale.data.loader import Budget, eval_batches, plan_budget, train_dataset, train_iterator
 from jaxscale.data.tokenize import load_tokenizer, token_splits
 from jaxscale.energy import Sampler, measure_idle, open_meter
 from jaxscale.models import build_model, count_params, flops_per_token
@@ -96,16 +97,19 @@ def evaluate(eval_fn, params, batches) -> float:
 
 def combine_energy(segments: list[dict]) -> dict:
     """One run's energy from the sampler rows of its segments (a resumed run has several): energies
-    and durations add up, an unavailable part makes the total unavailable."""
-    last = dict(segments[-1])
-    energies = [s["energy_j"] for s in segments]
-    last["energy_j"] = None if None in energies else sum(energies)
-    last["duration_s"] = sum(s["duration_s"] for s in segments)
+    and durations (the whole segment's and each window's) add up — a window a segment did not open
+    adds nothing, an unavailable value makes the total unavailable — the peak is the highest."""
+    combined = dict(segments[-1])
+    additive = {k for s in segments for k in s if k.endswith(("energy_j", "_s")) or k == "energy_above_idle_j"}
+    for key in additive:
+        values = [s.get(key, 0.0) for s in segments]
+        combined[key] = None if None in values else sum(values)
     peaks = [s["power_peak_w"] for s in segments if s["power_peak_w"] is not None]
-    last["power_peak_w"] = max(peaks) if peaks else None
-    last["power_mean_w"] = last["energy_j"] / last["duration_s"] if last["energy_j"] is not None and last["duration_s"] else None
-    last["energy_segments"] = len(segments)
-    return last
+    combined["power_peak_w"] = max(peaks) if peaks else None
+    energy, duration = combined["energy_j"], combined["duration_s"]
+    combined["power_mean_w"] = energy / duration if energy is not None and duration else None
+    combined["energy_segments"] = len(segments)
+    return combined
 
 
 def run_one(spec: RunSpec, data: Prepared, run_dir: Path, progress: Progress, stop: StopSignals, meter,
@@ -143,9 +147,10 @@ def run_one(spec: RunSpec, data: Prepared, run_dir: Path, progress: Progress, st
     power_csv = run_dir / ("power.csv" if not segment else f"power.{segment}.csv") if writer else None
     sampler = Sampler(meter, config.energy.hz, power_csv, idle_w)
     sampler.start()
+    run = Run(spec, data, run_dir, progress, stop, heartbeat, model, mesh, budget, batches, held_out, checkpoints,
+              sampler, wall_start)
     try:
-        summary = _train(spec, data, run_dir, progress, stop, heartbeat, model, mesh, budget, batches, held_out,
-                         state, checkpoints, book, sampler, wall_start)
+        summary = _train(run, state, book)
     finally:
         if sampler.summary is None:
             sampler.stop()
@@ -161,15 +166,35 @@ def mesh_for(cfg):
     return sharding.make_mesh(cfg)
 
 
-def _train(spec, data, run_dir, progress, stop, heartbeat, model, mesh, budget, batches, held_out, state,
-           checkpoints, book, sampler, wall_start) -> dict:
+@dataclasses.dataclass(frozen=True)
+class Run:
+    """What the step loop of one run works with, besides the state and the bookkeeping it updates."""
+    spec: RunSpec
+    data: Prepared
+    run_dir: Path
+    progress: Progress
+    stop: StopSignals
+    heartbeat: Callable[[], None]
+    model: Any
+    mesh: Any
+    budget: Budget
+    batches: Any  # the Grain iterator (its position is checkpointed)
+    held_out: list
+    checkpoints: RunCheckpoints
+    sampler: Sampler
+    wall_start: float
+
+
+def _train(run: Run, state, book: dict) -> dict:
+    spec, data, stop, mesh, budget, batches = run.spec, run.data, run.stop, run.mesh, run.budget, run.batches
+    held_out, checkpoints, sampler, wall_start = run.held_out, run.checkpoints, run.sampler, run.wall_start
     config = spec.config
     cfg, train, seq_len = config.model, config.train, config.data.seq_len
     records = book["records"]
     with sampler.window("compile"):
         local_rows = np.zeros((train.batch_size // sharding.data_shard(mesh)[1], seq_len + 1), np.int32)
         train_step, eval_step, compile_s = compiled_for(
-            model, config, mesh, state, sharding.shard_batch(local_rows, mesh), held_out[0])
+            run.model, config, mesh, state, sharding.shard_batch(local_rows, mesh), held_out[0])
     book["compile_s"] += compile_s
 
     def save(step: int, wait: bool = False) -> None:
@@ -178,7 +203,7 @@ def _train(spec, data, run_dir, progress, stop, heartbeat, model, mesh, budget, 
 
     tokens_per_step = train.batch_size * seq_len
     failure = None
-    with open(run_dir / "metrics.jsonl" if sharding.is_writer() else os.devnull, "w") as log:
+    with open(run.run_dir / "metrics.jsonl" if sharding.is_writer() else os.devnull, "w") as log:
         log.writelines(json.dumps(r) + "\n" for r in records)
         for step in range(len(records), budget.steps):
             batch = sharding.shard_batch(next(batches), mesh)
@@ -199,8 +224,8 @@ def _train(spec, data, run_dir, progress, stop, heartbeat, model, mesh, budget, 
             log.write(json.dumps(record) + "\n")
             if failure:
                 break
-            progress.step(step + 1, budget.steps, loss, tokens_per_step / step_s)
-            heartbeat()
+            run.progress.step(step + 1, budget.steps, loss, tokens_per_step / step_s)
+            run.heartbeat()
             if stop.received:
                 log.flush()
                 book["energy"].append(sampler.stop().as_row())
@@ -226,6 +251,8 @@ def _train(spec, data, run_dir, progress, stop, heartbeat, model, mesh, budget, 
             summary["eval_loss"] = evaluate(eval_step, state.params, held_out)
         book["eval_s"] += time.perf_counter() - t0
         summary["eval_ppl"] = math.exp(min(summary["eval_loss"], 700))
+    # energy first: the book's compile_s and eval_s below, not the sampler windows' durations, are the run's
+    summary.update(combine_energy(book["energy"] + [sampler.stop().as_row()]))
     step_times = [r["step_s"] for r in records]
     losses = [r["loss"] for r in records]
     train_s = sum(step_times)
@@ -237,7 +264,6 @@ def _train(spec, data, run_dir, progress, stop, heartbeat, model, mesh, budget, 
     )
     step_energy = [r.get("energy_j") for r in records]
     summary["train_energy_j"] = None if None in step_energy else sum(step_energy)
-    summary.update(combine_energy(book["energy"] + [sampler.stop().as_row()]))
     if config.checkpoint.final and not failure:
         save(budget.steps, wait=True)
     checkpoints.close(remove=not config.checkpoint.final)

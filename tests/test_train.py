@@ -92,3 +92,23 @@ def test_without_a_power_sensor_energy_is_unavailable_and_says_why(smoke_sweep):
         run = smoke_sweep / row["run_id"]
         assert all(json.loads(line)["energy_j"] is None for line in (run / "metrics.jsonl").read_text().splitlines())
         assert (run / "power.csv").read_text().splitlines() == ["time_s,device,power_w,counter_j"]
+
+
+def test_a_resumed_runs_energy_adds_its_segments_up():
+    """Hand-written segments: windows and durations add, a window one segment never opened adds
+    nothing, the peak is the highest, one unavailable energy makes the total unavailable."""
+    from jaxscale.train import combine_energy
+    first = {"energy_j": 100.0, "duration_s": 10.0, "power_peak_w": 30.0, "energy_above_idle_j": 40.0,
+             "compile_energy_j": 20.0, "compile_s": 2.0, "steps_energy_j": 80.0, "steps_s": 8.0, "idle_power_w": 6.0}
+    second = {"energy_j": 50.0, "duration_s": 4.0, "power_peak_w": 25.0, "energy_above_idle_j": 26.0,
+              "compile_energy_j": 10.0, "compile_s": 1.0, "steps_energy_j": 30.0, "steps_s": 2.5,
+              "eval_energy_j": 10.0, "eval_s": 0.5, "idle_power_w": 6.0}
+    combined = combine_energy([first, second])
+    assert combined["energy_j"] == 150.0 and combined["duration_s"] == 14.0
+    assert combined["power_mean_w"] == pytest.approx(150.0 / 14.0) and combined["power_peak_w"] == 30.0
+    assert combined["compile_energy_j"] == 30.0 and combined["steps_energy_j"] == 110.0 and combined["steps_s"] == 10.5
+    assert combined["eval_energy_j"] == 10.0 and combined["energy_above_idle_j"] == 66.0
+    assert combined["idle_power_w"] == 6.0 and combined["energy_segments"] == 2
+    unavailable = combine_energy([first, {**second, "energy_j": None, "steps_energy_j": None, "power_peak_w": None}])
+    assert unavailable["energy_j"] is None and unavailable["power_mean_w"] is None
+    assert unavailable["steps_energy_j"] is None and unavailable["power_peak_w"] == 30.0
