@@ -44,7 +44,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from jaxscale import hostmem  # noqa: E402
+from jaxscale import hostmem, xla_cpu  # noqa: E402
 from jaxscale.config import expand, load_raw  # noqa: E402
 from jaxscale.data.loader import eval_batches, plan_budget, train_dataset, train_iterator  # noqa: E402
 from jaxscale.train import prepare_data, run_sweep  # noqa: E402
@@ -141,6 +141,7 @@ def plan_budget_steps(spec) -> int:
 
 def main(argv=None) -> int:
     hostmem.retain_freed_memory()  # as jaxscale.train does; PyTorch, in the same process, gets it too
+    xla_cpu.prefer_wide_vectors()  # as jaxscale.train does (XLA's code generation; PyTorch is unaffected)
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", default=str(ROOT / "configs" / "tiny_grid.toml"))
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",

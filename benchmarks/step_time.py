@@ -55,7 +55,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from jaxscale import hostmem  # noqa: E402
+from jaxscale import hostmem, xla_cpu  # noqa: E402
 from jaxscale.config import ModelConfig, TrainConfig, expand, load_raw  # noqa: E402
 from jaxscale.models import build_model, count_params, flops_per_token  # noqa: E402
 from jaxscale.step import compiled_steps, init_state, step_key  # noqa: E402
@@ -198,6 +198,7 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     if args.host_memory == "retain" and not hostmem.retain_freed_memory():
         parser.error("--host-memory retain: glibc's mallopt is not available here")
+    xla_cpu.prefer_wide_vectors()  # as jaxscale.train does (XLA's code generation; PyTorch is unaffected)
 
     log = (lambda msg: print(msg, file=sys.stderr, flush=True)) if args.json else (lambda msg: print(msg, flush=True))
     raw = load_raw(args.config, args.set)

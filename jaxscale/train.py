@@ -19,7 +19,7 @@ from typing import Any, Callable
 import jax
 import numpy as np
 
-from jaxscale import hostmem, sharding
+from jaxscale import hostmem, sharding, xla_cpu
 from jaxscale.checkpoint import RunCheckpoints
 from jaxscale.config import Config, ConfigError, RunSpec, expand, load_raw, to_dict
 from jaxscale.data.corpora import load_corpus
@@ -340,6 +340,7 @@ def parse_args(argv):
 def main(argv=None) -> int:
     args = parse_args(argv)
     hostmem.retain_freed_memory()
+    xla_cpu.prefer_wide_vectors()
     sharding.initialize_distributed()
     try:
         raw = load_raw(args.config, args.overrides)
