@@ -28,7 +28,8 @@ Host memory: jaxscale.train makes glibc keep freed memory (jaxscale.hostmem), wh
 the page faults of re-allocating its large buffers. PyTorch's eager step materialises the same large
 logits and gains as much from it, so by default (--host-memory retain) every framework in the process
 runs with it: the like-for-like comparison. --host-memory default measures all of them with glibc's
-defaults, as a plain PyTorch script runs.
+defaults, as a plain PyTorch script runs. Like jaxscale.train, the benchmark also has XLA emit 512-bit
+vector code on AVX-512 CPUs (jaxscale.xla_cpu; XLA_FLAGS is recorded with the results).
 
 Results: benchmarks/results/step_time.csv and .md (step_time_default_malloc.* with --host-memory
 default; --out DIR to change), rows as JSON with --json.
