@@ -67,7 +67,7 @@ class TrainConfig:
     seed: int = 0
     eval_every: int = 0  # 0: held-out loss only at the end of the run
     eval_tokens: int = 65_536  # held-out tokens per evaluation (capped by the split's size)
-    loss: str = "auto"  # output-layer loss: full (all logits) | blocked (tiles) | auto (jaxscale.loss picks by shape)
+    loss: str = "auto"  # output-layer loss: full (all logits) | blocked (tiles, recomputed) | stored (tiles, kept) | auto
     loss_chunk: int = 128  # tokens per tile of the blocked loss (at least loss.MIN_TOKEN_BLOCK)
 
 
@@ -127,7 +127,7 @@ _CHOICES = {
     "model.arch": ("tiny", "llama"),
     "model.dtype": ("float32", "bfloat16"),
     "sweep.order": ("sequential", "random"),
-    "train.loss": ("auto", "blocked", "full"),
+    "train.loss": ("auto", "blocked", "stored", "full"),
     "energy.meter": ("auto", "nvml", "rapl", "none"),
 }
 

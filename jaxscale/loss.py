@@ -15,12 +15,19 @@ cache — the idea of "Cut Your Losses in Large-Vocabulary Language Models" (Wij
 
 That is four matmuls with the output matrix instead of three — the forward tile is recomputed — in
 exchange for no memory traffic beyond reading W twice and writing dW once. Tiles hold a whole
-16 x 64 batch (1,024 tokens) by 1,024 vocabulary rows: smaller token blocks need an inner loop that
-was 1.3-1.5x slower on XLA:CPU. Within a tile the logits are [tokens, vocab_block] row-major and
+16 x 64 batch (1,024 tokens) by 4,096 vocabulary rows: smaller token blocks need an inner loop that
+was 1.3-1.5x slower on XLA:CPU, and 1,024-row vocabulary blocks were 4-20% slower per step than
+4,096 on the CPU of benchmarks/results/step_time.md (8,192: slower again). Within a tile the logits are [tokens, vocab_block] row-major and
 the output gradient is produced as dW^T blocks [d, vocab_block] (h^T @ P): on XLA:CPU that
 contraction ran ~1.6x (d 128) to 2.5x (d 16) faster than P^T @ h. W is read in place (dynamic
 slices) and dW written in place: no copy or page-faulted temporary of [V, d] per block. Everything
 accumulates in float32 whatever the compute dtype.
+
+`stored_cross_entropy` trades the recompute for memory: its forward pass keeps each tile's
+exp(logits - running max) — as many bytes as the full logits — and its backward pass feeds them
+straight to the two gradient matmuls, the per-token softmax normaliser riding on the small
+operands. Three matmuls, no elementwise pass over the big array in the backward pass, and none of
+the full logits' separate max, exp, sum and scale passes over 206 MB.
 """
 from __future__ import annotations
 
@@ -32,38 +39,47 @@ from jax import lax
 
 from jaxscale import hostmem
 
-TILE_LOGITS = 1 << 20  # logits per tile (4 MB in float32): the vocabulary block is sized from it
+TILE_LOGITS = 4 << 20  # logits per tile (16 MB in float32): the vocabulary block is sized from it
+MAX_STORED_TILES = 64  # the stored loss unrolls its tiles: a bound on the program's size
 MIN_TOKEN_BLOCK = 1024  # tile rows of fewer tokens were slower on XLA:CPU (the inner token loop)
-# train.loss = "auto" keeps all logits when recomputing them would cost more than storing them:
-# the recompute costs 2 d FLOPs per logit, storing costs 8 bytes of memory traffic per logit. On
-# the 2-core CPU of benchmarks/results/step_time.md the blocked loss won below d_model 64 and the
-# full logits above it (-8% to -19% per step at d 96-128) — provided freed host memory is kept
-# (jaxscale.hostmem, as the CLI sets it): without it, page-faulting 206 MB of fresh logits every
-# step makes the full logits the slower choice. Above FULL_LOGITS_MAX_BYTES (e.g. a Llama's long
-# batches) the tiles always win.
-FULL_LOGITS_MIN_D = 64
-FULL_LOGITS_MAX_BYTES = 256 << 20
+# train.loss = "auto" stores the tiles when recomputing them would cost more than keeping them: the
+# recompute costs 2 d FLOPs per logit, keeping costs 8 bytes of memory traffic per logit. On the
+# 2-core CPU of benchmarks/results/step_time.md the stored tiles won from d_model 48 (even there,
+# -8% at d 64, -13% at d 96, -5 to -12% at d 128 per step) and the blocked loss below it — provided
+# freed host memory is kept (jaxscale.hostmem, as the CLI sets it): without it, page-faulting
+# 206 MB of fresh tiles every step costs more than the recompute. Above STORED_MAX_BYTES (e.g. a
+# Llama's long batches) the blocked loss always runs.
+STORED_MIN_D = 48
+STORED_MAX_BYTES = 256 << 20
 
 
 def cross_entropy(hidden, unembed, targets, mode: str = "auto", chunk: int = 128):
     """Mean next-token loss. hidden [..., d], unembed [V, d], targets [...] int.
     mode "full": the plain logits (also the reference); "blocked": tiles of max(chunk, MIN_TOKEN_BLOCK)
-    tokens (all of them when fewer) x a vocabulary block; "auto": `loss_mode` picks by shape."""
+    tokens (all of them when fewer) x a vocabulary block, recomputed in the backward pass; "stored":
+    all tokens x a vocabulary block, kept for the backward pass; "auto": `loss_mode` picks by shape."""
     h = hidden.reshape(-1, hidden.shape[-1])
     y = targets.reshape(-1)
     if mode == "auto":
         mode = loss_mode(h.shape[0], *unembed.shape)
     if mode == "full":
         return plain_cross_entropy(h, unembed, y)
+    if mode == "stored":
+        return stored_cross_entropy(h, unembed, y, stored_vocab_block(h.shape[0], unembed.shape[0]))
     token_block = min(max(chunk, MIN_TOKEN_BLOCK), h.shape[0])
     return blocked_cross_entropy(h, unembed, y, token_block, vocab_block_for(token_block, unembed.shape[0]))
 
 
 def loss_mode(tokens: int, vocab: int, d_model: int) -> str:
-    """"full" or "blocked" for train.loss = "auto" (see FULL_LOGITS_MIN_D)."""
-    small = 4 * tokens * vocab <= FULL_LOGITS_MAX_BYTES
+    """"stored" or "blocked" for train.loss = "auto" (see STORED_MIN_D)."""
+    small = 4 * tokens * vocab <= STORED_MAX_BYTES
     reused = hostmem.retained() or jax.default_backend() != "cpu"  # device allocators reuse their memory
-    return "full" if d_model >= FULL_LOGITS_MIN_D and small and reused else "blocked"
+    return "stored" if d_model >= STORED_MIN_D and small and reused else "blocked"
+
+
+def stored_vocab_block(tokens: int, vocab: int) -> int:
+    """The stored loss's tile width: as the blocked loss's, but at most MAX_STORED_TILES tiles (it is unrolled)."""
+    return max(vocab_block_for(tokens, vocab), -(-vocab // MAX_STORED_TILES))
 
 
 def vocab_block_for(token_block: int, vocab: int) -> int:
@@ -99,22 +115,19 @@ def _logits(h, wb):
 
 
 def _walk_vocabulary(w, vocab_block, fn, carry):
-    """carry = fn(carry, W_b, start, mask) for every block of vocab_block rows of W, read in place
-    (dynamic slices, no copy of W). When vocab_block does not divide V, the last block is the last
-    vocab_block rows, overlapping the one before it; `mask` (True for the rows new to it, else None)
-    says which of its columns count."""
+    """carry = fn(carry, W_b, start) for every block of vocab_block rows of W, read in place (dynamic
+    slices, no copy of W). When vocab_block does not divide V, the rows left over are one last,
+    narrower block (its own static shape, outside the loop): no wasted columns."""
     v = w.shape[0]
     n = v // vocab_block
 
     def body(c, i):
         start = i * vocab_block
-        return fn(c, lax.dynamic_slice_in_dim(w, start, vocab_block), start, None), None
+        return fn(c, lax.dynamic_slice_in_dim(w, start, vocab_block), start), None
 
     carry = lax.scan(body, carry, jnp.arange(n, dtype=jnp.int32))[0]
     if v % vocab_block:
-        start = v - vocab_block
-        mask = jnp.arange(vocab_block) >= n * vocab_block - start
-        carry = fn(carry, w[start:], start, mask)
+        carry = fn(carry, w[n * vocab_block:], n * vocab_block)
     return carry
 
 
@@ -124,11 +137,9 @@ def _log_sum_exp(h, w, token_block, vocab_block):
     if hb.shape[0] == 1:
         hb = h  # one token block: plain 2-D tiles (a batched dot of one is slower on XLA:CPU)
 
-    def update(carry, wb, start, mask):
+    def update(carry, wb, start):
         m, s = carry
         logits = _logits(hb, wb)  # [k, t, v] or [t, v]
-        if mask is not None:
-            logits = jnp.where(mask, logits, -jnp.inf)
         m_new = jnp.maximum(m, logits.max(-1))
         return m_new, s * jnp.exp(m - m_new) + jnp.exp(logits - m_new[..., None]).sum(-1)
 
@@ -143,32 +154,27 @@ def _gradients(h, w, y, lse, scale, token_block, vocab_block):
     hb, lb = _token_blocks(h, token_block), _token_blocks(lse, token_block)
     hs = hb * scale.astype(h.dtype)  # the scale rides on h in dW = (s h)^T P: no pass over dW for it
 
-    def tile(h_t, hs_t, lse_t, wb, mask):  # -> (P @ W_b [t, d], (s h)^T @ P [d, v])
-        p = jnp.exp(_logits(h_t, wb) - lse_t[:, None])
-        if mask is not None:
-            p = jnp.where(mask, p, 0.0)
-        p = p.astype(w.dtype)
+    def tile(h_t, hs_t, lse_t, wb):  # -> (P @ W_b [t, d], (s h)^T @ P [d, v])
+        p = jnp.exp(_logits(h_t, wb) - lse_t[:, None]).astype(w.dtype)
         dh = jnp.einsum("tv,vd->td", p, wb, preferred_element_type=jnp.float32)
         dwt = jnp.einsum("td,tv->dv", hs_t, p, preferred_element_type=jnp.float32)
         return dh, dwt
 
-    def block(carry, wb, start, mask):
+    def block(carry, wb, start):
         dh, dw = carry  # dh [k, t, d] over all vocabulary blocks; dW [V, d] written block by block
         if hb.shape[0] == 1:
-            dh_b, dwt = tile(hb[0], hs[0], lb[0], wb, mask)
+            dh_b, dwt = tile(hb[0], hs[0], lb[0], wb)
             dh = dh + dh_b[None]
         else:
             def over_tokens(dwt, xs):
                 h_t, hs_t, lse_t, dh_t = xs
-                dh_b, dwt_b = tile(h_t, hs_t, lse_t, wb, mask)
+                dh_b, dwt_b = tile(h_t, hs_t, lse_t, wb)
                 return dwt + dwt_b, dh_t + dh_b
 
             dwt, dh = lax.scan(over_tokens, _zeros_like(hb, (d, wb.shape[0])), (hb, hs, lb, dh))
         # the barrier keeps XLA from folding this small transpose into the dot as P^T @ (s h), which
         # ran 1.5-2.5x slower than (s h)^T @ P on XLA:CPU
         dw_b = lax.optimization_barrier(dwt).T.astype(dw.dtype)
-        if mask is not None:  # the overlapping rows were written by the block before
-            dw_b = jnp.where(mask[:, None], dw_b, lax.dynamic_slice_in_dim(dw, start, wb.shape[0]))
         return dh, lax.dynamic_update_slice_in_dim(dw, dw_b, start, axis=0)
 
     dw0 = jnp.zeros(w.shape, jnp.float32)
@@ -217,3 +223,60 @@ def _blocked_bwd(token_block, vocab_block, residuals, g):
 
 
 blocked_cross_entropy.defvjp(_blocked_fwd, _blocked_bwd)
+
+
+# --- the stored-tiles loss --------------------------------------------------------------------
+
+
+def _stored_forward(h, w, y, vocab_block):
+    """Loss and residuals: per vocabulary tile, exp(logits - running max) and that max."""
+    n = h.shape[0]
+    m = jnp.full((n,), -jnp.inf, jnp.float32)
+    s = jnp.zeros((n,), jnp.float32)
+    tiles = []
+    for start in range(0, w.shape[0], vocab_block):  # unrolled: each tile its own buffer, no stacking copy
+        logits = _logits(h, w[start:start + vocab_block])
+        m_new = jnp.maximum(m, logits.max(-1))
+        e = jnp.exp(logits - m_new[:, None])
+        s = s * jnp.exp(m - m_new) + e.sum(-1)
+        m = m_new
+        tiles.append((e.astype(w.dtype), m_new))
+    log_s = jnp.log(s)
+    target = jnp.einsum("nd,nd->n", h, w[y], preferred_element_type=jnp.float32)
+    return jnp.mean(m + log_s - target), (tuple(tiles), m, log_s)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
+def stored_cross_entropy(h, w, y, vocab_block: int):
+    """Mean loss of h [n, d] against W [V, d] and targets y [n]: the forward pass keeps every
+    [n, vocab_block] tile of exp(logits - m) for the backward pass, which needs no recompute."""
+    return _stored_forward(h, w, y, vocab_block)[0]
+
+
+def _stored_fwd(h, w, y, vocab_block):
+    loss, (tiles, m, log_s) = _stored_forward(h, w, y, vocab_block)
+    return loss, (h, w, y, tiles, m, log_s)
+
+
+def _stored_bwd(vocab_block, residuals, g):
+    """P = E_b * exp(m_b - lse) row by row: the row factor c scales the small operands of the two
+    matmuls (P @ W_b = c * (E_b @ W_b), P^T h = E_b^T (c * h)), so the big tile is only read by them.
+    c is exp((m_b - m) - log s), not exp(m_b - lse): m_b - m is exact, lse would round at the logits' scale."""
+    h, w, y, tiles, m_last, log_s = residuals
+    n, d = h.shape
+    scale = (g / n).astype(jnp.float32)
+    hf = h.astype(jnp.float32)
+    dh = jnp.zeros((n, d), jnp.float32)
+    dw_blocks = []
+    for i, (e, m) in enumerate(tiles):
+        wb = w[i * vocab_block:(i + 1) * vocab_block]
+        c = (jnp.exp((m - m_last) - log_s) * scale)[:, None]
+        dh = dh + c * jnp.einsum("nv,vd->nd", e, wb, preferred_element_type=jnp.float32)
+        dwt = jnp.einsum("nd,nv->dv", (c * hf).astype(w.dtype), e, preferred_element_type=jnp.float32)
+        dw_blocks.append(lax.optimization_barrier(dwt).T)  # (c h)^T @ E: see _gradients on the barrier
+    dh = dh - w[y].astype(jnp.float32) * scale  # the "- onehot" of softmax - onehot
+    dw = jnp.concatenate(dw_blocks, axis=0).at[y].add(-hf * scale)
+    return dh.astype(h.dtype), dw.astype(w.dtype), jnp.zeros(y.shape, jax.dtypes.float0)
+
+
+stored_cross_entropy.defvjp(_stored_fwd, _stored_bwd)

@@ -51,7 +51,7 @@ def test_overrides_are_toml_values_or_strings(tmp_path):
     ("[train]\nbatch_size = 2.5\n", r"train.batch_size: expected int, got 2.5"),
     ("[train]\ntokens = 100\n", r"train.tokens: budget 100 is smaller than one batch \(train.batch_size 16 x data.seq_len 64 = 1024\)"),
     ("[model]\narch = 'rnn'\n", r"model.arch: 'rnn' is not one of tiny, llama"),
-    ("[train]\nloss = 'fused'\n", r"train.loss: 'fused' is not one of auto, blocked, full"),
+    ("[train]\nloss = 'fused'\n", r"train.loss: 'fused' is not one of auto, blocked, stored, full"),
     ("[train]\nloss_chunk = 0\n", r"train.loss_chunk: must be > 0, got 0"),
     ("[model]\nd_model = 30\nn_heads = 4\n", r"model.n_heads: 4 does not divide model.d_model 30"),
     ("[train]\nlr = -1.0\n", r"train.lr: must be >= 0"),

@@ -19,7 +19,7 @@ def numpy_reference(h, w, y):
     return loss, g @ w, g.T @ h
 
 
-@pytest.mark.parametrize("mode,chunk", [("full", 128), ("blocked", 8), ("blocked", 32), ("auto", 128)])
+@pytest.mark.parametrize("mode,chunk", [("full", 128), ("blocked", 8), ("blocked", 32), ("stored", 128), ("auto", 128)])
 def test_loss_and_gradients_match_a_float64_reference(mode, chunk):
     k1, k2, k3 = jax.random.split(jax.random.key(0), 3)
     h = jax.random.normal(k1, (64, 24))
@@ -72,6 +72,32 @@ def test_blocked_loss_matches_the_reference_for_any_tiling(token_block, vocab_bl
     np.testing.assert_allclose(dw, ref_dw, atol=tol)
 
 
+@pytest.mark.parametrize("vocab_block", [256, 100, 300, 1000])
+@pytest.mark.parametrize("scale", [0.3, 30.0])
+def test_stored_loss_matches_the_reference_for_any_tiling(vocab_block, scale):
+    """Tiles with a narrower last one, a single tile, and logits in the hundreds: each stored tile is
+    relative to a different running max, which the backward pass must undo exactly."""
+    from jaxscale.loss import stored_cross_entropy
+
+    k1, k2, k3 = jax.random.split(jax.random.key(9), 3)
+    h = jax.random.normal(k1, (48, 24))
+    w = jax.random.normal(k2, (1000, 24)) * scale
+    y = jax.random.randint(k3, (48,), 0, 1000)
+    loss, (dh, dw) = jax.jit(jax.value_and_grad(
+        lambda h, w: stored_cross_entropy(h, w, y, vocab_block), argnums=(0, 1)))(h, w)
+    ref_loss, ref_dh, ref_dw = stable_reference(h, w, np.asarray(y))
+    np.testing.assert_allclose(loss, ref_loss, rtol=1e-5)
+    tol = 1e-6 * max(1.0, scale)
+    np.testing.assert_allclose(dh, ref_dh, atol=tol)
+    np.testing.assert_allclose(dw, ref_dw, atol=tol)
+
+
+def test_stored_loss_tile_count_is_bounded():
+    from jaxscale.loss import MAX_STORED_TILES, stored_vocab_block
+    assert stored_vocab_block(1024, 50257) == 4096  # 13 tiles, the last 1,105 wide
+    assert -(-50257 // stored_vocab_block(1 << 16, 50257)) <= MAX_STORED_TILES  # 256-wide blocks would be 197 tiles
+
+
 def test_blocked_loss_forward_alone_and_its_tile_sizes():
     from jaxscale.loss import blocked_cross_entropy, vocab_block_for
 
@@ -81,16 +107,17 @@ def test_blocked_loss_forward_alone_and_its_tile_sizes():
     ref = numpy_reference(h.reshape(-1, 16), w, np.asarray(y).reshape(-1))[0]
     np.testing.assert_allclose(jax.jit(lambda h: cross_entropy(h, w, y, "blocked", 1024))(h), ref, rtol=1e-5)
     np.testing.assert_allclose(blocked_cross_entropy(h.reshape(-1, 16), w, y.reshape(-1), 20, 64), ref, rtol=1e-5)
-    assert vocab_block_for(1024, 50257) == 1024 and vocab_block_for(128, 50257) == 8192
+    assert vocab_block_for(1024, 50257) == 4096 and vocab_block_for(128, 50257) == 8192
     assert vocab_block_for(1 << 16, 50257) == 256 and vocab_block_for(1024, 300) == 300
 
 
-def test_blocked_loss_in_bfloat16_stays_close():
+@pytest.mark.parametrize("mode", ["blocked", "stored"])
+def test_tiled_losses_in_bfloat16_stay_close(mode):
     k1, k2, k3 = jax.random.split(jax.random.key(8), 3)
     h = jax.random.normal(k1, (64, 32)).astype(jnp.bfloat16)
     w = (jax.random.normal(k2, (500, 32)) * 0.3).astype(jnp.bfloat16)
     y = jax.random.randint(k3, (64,), 0, 500)
-    loss, (dh, dw) = jax.value_and_grad(lambda h, w: cross_entropy(h, w, y, "blocked", 16), argnums=(0, 1))(h, w)
+    loss, (dh, dw) = jax.value_and_grad(lambda h, w: cross_entropy(h, w, y, mode, 16), argnums=(0, 1))(h, w)
     ref_loss, ref_dh, ref_dw = numpy_reference(h.astype(jnp.float32), w.astype(jnp.float32), np.asarray(y))
     assert dh.dtype == jnp.bfloat16 and dw.dtype == jnp.bfloat16
     np.testing.assert_allclose(loss, ref_loss, rtol=2e-2)
@@ -98,12 +125,12 @@ def test_blocked_loss_in_bfloat16_stays_close():
     np.testing.assert_allclose(np.asarray(dw, np.float32), ref_dw, atol=2e-3)
 
 
-def test_auto_mode_keeps_the_logits_only_for_wide_models_and_small_batches(monkeypatch):
+def test_auto_mode_stores_the_tiles_only_for_wide_models_and_small_batches(monkeypatch):
     from jaxscale import hostmem
     from jaxscale.loss import loss_mode
     monkeypatch.setattr(hostmem, "_retained", False)
-    assert loss_mode(16 * 64, 50257, 128) == "blocked"  # CPU, freed memory handed back: faulting the logits costs more
+    assert loss_mode(16 * 64, 50257, 128) == "blocked"  # CPU, freed memory handed back: faulting the tiles costs more
     monkeypatch.setattr(hostmem, "_retained", True)
-    assert loss_mode(16 * 64, 50257, 128) == "full"  # the tiny grid's largest model: 206 MB of logits
+    assert loss_mode(16 * 64, 50257, 128) == "stored"  # the tiny grid's largest model: 206 MB of tiles
     assert loss_mode(16 * 64, 50257, 32) == "blocked"  # recomputing a narrow tile is cheaper than storing it
     assert loss_mode(8 * 2048, 32000, 2048) == "blocked"  # TinyLlama's batch: 2.1 GB of logits
