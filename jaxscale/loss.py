@@ -44,12 +44,12 @@ MAX_STORED_TILES = 64  # the stored loss unrolls its tiles: a bound on the progr
 MIN_TOKEN_BLOCK = 1024  # tile rows of fewer tokens were slower on XLA:CPU (the inner token loop)
 # train.loss = "auto" stores the tiles when recomputing them would cost more than keeping them: the
 # recompute costs 2 d FLOPs per logit, keeping costs 8 bytes of memory traffic per logit. On the
-# 2-core CPU of benchmarks/results/step_time.md the stored tiles won from d_model 48 (even there,
-# -8% at d 64, -13% at d 96, -5 to -12% at d 128 per step) and the blocked loss below it — provided
-# freed host memory is kept (jaxscale.hostmem, as the CLI sets it): without it, page-faulting
+# 2-core CPU of benchmarks/results/step_time.md the two tie around d_model 24-32 (within the noise of
+# alternating runs), the blocked loss wins at d 16 (-5%) and the stored tiles from d 48 up (-2 to -15%)
+# — provided freed host memory is kept (jaxscale.hostmem, as the CLI sets it): without it, page-faulting
 # 206 MB of fresh tiles every step costs more than the recompute. Above STORED_MAX_BYTES (e.g. a
 # Llama's long batches) the blocked loss always runs.
-STORED_MIN_D = 48
+STORED_MIN_D = 32
 STORED_MAX_BYTES = 256 << 20
 
 
@@ -273,9 +273,11 @@ def _stored_bwd(vocab_block, residuals, g):
         c = (jnp.exp((m - m_last) - log_s) * scale)[:, None]
         dh = dh + c * jnp.einsum("nv,vd->nd", e, wb, preferred_element_type=jnp.float32)
         dwt = jnp.einsum("nd,nv->dv", (c * hf).astype(w.dtype), e, preferred_element_type=jnp.float32)
-        dw_blocks.append(lax.optimization_barrier(dwt).T)  # (c h)^T @ E: see _gradients on the barrier
+        dw_blocks.append(lax.optimization_barrier(dwt))  # (c h)^T @ E: see _gradients on the barrier
     dh = dh - w[y].astype(jnp.float32) * scale  # the "- onehot" of softmax - onehot
-    dw = jnp.concatenate(dw_blocks, axis=0).at[y].add(-hf * scale)
+    # one [d, V] concatenate and one transpose: 8 ms at d 128 where a transpose per block, then the
+    # concatenate of [vocab_block, d] blocks, took 13 ms
+    dw = jnp.concatenate(dw_blocks, axis=1).T.at[y].add(-hf * scale)
     return dh.astype(h.dtype), dw.astype(w.dtype), jnp.zeros(y.shape, jax.dtypes.float0)
 
 
