@@ -14,20 +14,21 @@ cache — the idea of "Cut Your Losses in Large-Vocabulary Language Models" (Wij
   part of softmax - onehot is applied once at the end (dh -= W[y], dW[y] -= h), not per tile.
 
 That is four matmuls with the output matrix instead of three — the forward tile is recomputed — in
-exchange for no memory traffic beyond reading W twice and writing dW once. Tiles hold a whole
-16 x 64 batch (1,024 tokens) by 4,096 vocabulary rows: smaller token blocks need an inner loop that
-was 1.3-1.5x slower on XLA:CPU, and 1,024-row vocabulary blocks were 4-20% slower per step than
-4,096 on the CPU of benchmarks/results/step_time.md (8,192: slower again). Within a tile the logits are [tokens, vocab_block] row-major and
-the output gradient is produced as dW^T blocks [d, vocab_block] (h^T @ P): on XLA:CPU that
-contraction ran ~1.6x (d 128) to 2.5x (d 16) faster than P^T @ h. W is read in place (dynamic
-slices) and dW written in place: no copy or page-faulted temporary of [V, d] per block. Everything
-accumulates in float32 whatever the compute dtype.
+exchange for no memory traffic beyond reading W twice and writing dW once. Tiles hold a whole 16 x
+64 batch (1,024 tokens) by 4,096 vocabulary rows: smaller token blocks need an inner loop that was
+1.3-1.5x slower on XLA:CPU, and 1,024-row vocabulary blocks were 4-20% slower per step than 4,096 on
+the CPU of benchmarks/results/step_time.md (8,192: slower again). Within a tile the logits are
+[tokens, vocab_block] row-major and the output gradient is produced as dW^T blocks [d, vocab_block]
+(h^T @ P): on XLA:CPU that contraction ran ~1.6x (d 128) to 2.5x (d 16) faster than P^T @ h. W is
+read in place (dynamic slices) and dW written in place: no copy or page-faulted temporary of [V, d]
+per block. Everything accumulates in float32 whatever the compute dtype.
 
 `stored_cross_entropy` trades the recompute for memory: its forward pass keeps each tile's
 exp(logits - running max) — as many bytes as the full logits — and its backward pass feeds them
 straight to the two gradient matmuls, the per-token softmax normaliser riding on the small
-operands. Three matmuls, no elementwise pass over the big array in the backward pass, and none of
-the full logits' separate max, exp, sum and scale passes over 206 MB.
+operands. Three matmuls; the forward pass still reads each tile for its max, exp and sum, the
+backward pass reads it only in its two matmuls (no elementwise pass, unlike the plain logits' softmax
+gradient).
 """
 from __future__ import annotations
 

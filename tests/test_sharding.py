@@ -3,6 +3,7 @@
 XLA_FLAGS must be set before jax starts, so the work runs in subprocesses (this file run as a
 script); the test process itself stays single-device.
 """
+import dataclasses
 import json
 import os
 import socket
@@ -23,6 +24,7 @@ MESHES = [(8, 1, 1), (2, 4, 1), (2, 2, 2)]
 STEPS, BATCH, SEQ, VOCAB = 10, 8, 32, 256
 MODEL = ModelConfig(arch="llama", d_model=64, n_layers=1, n_heads=4, n_kv_heads=2, d_mlp=128)
 TRAIN = TrainConfig(lr=1e-2, warmup_frac=0.2, loss="blocked", loss_chunk=128)  # 256 tokens a batch: the blocked loss
+STORED = dataclasses.replace(TRAIN, loss="stored")
 # Unoptimised XLA CPU code compiles ~4x faster; every run in a worker uses the same flags.
 FAST_COMPILE = "--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true"
 
@@ -37,9 +39,9 @@ def initial_state(mesh):
     return init_state(build_model(MODEL, VOCAB, SEQ), TRAIN, STEPS, SEQ, jax.random.key(0), mesh=mesh)
 
 
-def train_losses(mesh, state):
+def train_losses(mesh, state, train=TRAIN):
     """10 steps from `state` on fixed batches; the mesh None is the single-device reference."""
-    step, _ = compiled_steps(build_model(MODEL, VOCAB, SEQ), step_key(TRAIN), mesh)
+    step, _ = compiled_steps(build_model(MODEL, VOCAB, SEQ), step_key(train), mesh)
     losses = []
     for batch in batches():
         if mesh is not None:  # this process's rows, strided as jaxscale.data.loader hands them out
@@ -63,7 +65,8 @@ def describe(state, batch) -> dict:
 
 def worker_meshes():
     start = jax.device_get(initial_state(None))  # host copy: the step donates its input
-    result = {"reference": train_losses(None, jax.device_put(start))[0]}
+    result = {"reference": train_losses(None, jax.device_put(start))[0],
+              "stored_reference": train_losses(None, jax.device_put(start), STORED)[0]}
     for shape in MESHES:
         mesh = sharding.make_mesh(MeshConfig(*shape))
         if shape == MESHES[-1]:  # created sharded; the same values as the single-device init
@@ -71,6 +74,9 @@ def worker_meshes():
             result["same_init"] = all(jax.tree.leaves(jax.tree.map(np.array_equal, jax.device_get(state), start)))
         else:  # compiling init once per mesh would only cost test time
             state = jax.device_put(start, state_shardings(build_model(MODEL, VOCAB, SEQ), TRAIN, mesh))
+        if shape == MESHES[-1]:  # the stored-tiles loss on the same mesh, from the same start
+            placed = jax.device_put(start, state_shardings(build_model(MODEL, VOCAB, SEQ), TRAIN, mesh))
+            result["stored"] = train_losses(mesh, placed, STORED)[0]
         losses, state, batch = train_losses(mesh, state)
         result[str(shape)] = {"losses": losses, "arrays": describe(state, batch)}
     print(json.dumps(result))
@@ -110,6 +116,12 @@ def test_sharded_losses_equal_single_device(eight_devices, shape):
     losses = np.array(eight_devices[str(shape)]["losses"])
     assert reference[-1] < reference[0] - 0.1  # it trains
     np.testing.assert_allclose(losses, reference, rtol=0, atol=1e-5)
+
+
+def test_stored_loss_sharded_equals_single_device(eight_devices):
+    stored = np.array(eight_devices["stored"])
+    np.testing.assert_allclose(stored, eight_devices["stored_reference"], rtol=0, atol=1e-5)
+    np.testing.assert_allclose(stored, eight_devices["reference"], rtol=0, atol=1e-4)  # the same loss as the tiles
 
 
 def test_sharded_init_equals_single_device_init(eight_devices):
