@@ -132,6 +132,19 @@ def _walk_vocabulary(w, vocab_block, fn, carry):
     return carry
 
 
+def _online_softmax_step(logits, m, s):
+    """One vocabulary block of an online log-sum-exp (as flash attention keeps it): the new running
+    max m and rescaled sum s, and the block's exp(logits - m)."""
+    m_new = jnp.maximum(m, logits.max(-1))
+    e = jnp.exp(logits - m_new[..., None])
+    return e, m_new, s * jnp.exp(m - m_new) + e.sum(-1)
+
+
+def _target_logits(h, w, y):
+    """h_i . W[y_i] for every token: the logit of its target, by a gather and a dot product."""
+    return jnp.einsum("nd,nd->n", h, w[y], preferred_element_type=jnp.float32)
+
+
 def _log_sum_exp(h, w, token_block, vocab_block):
     """Per-token log-sum-exp over the whole vocabulary, one vocabulary block at a time."""
     hb = _token_blocks(h, token_block)  # [k, t, d]
@@ -139,10 +152,8 @@ def _log_sum_exp(h, w, token_block, vocab_block):
         hb = h  # one token block: plain 2-D tiles (a batched dot of one is slower on XLA:CPU)
 
     def update(carry, wb, start):
-        m, s = carry
-        logits = _logits(hb, wb)  # [k, t, v] or [t, v]
-        m_new = jnp.maximum(m, logits.max(-1))
-        return m_new, s * jnp.exp(m - m_new) + jnp.exp(logits - m_new[..., None]).sum(-1)
+        _, m, s = _online_softmax_step(_logits(hb, wb), *carry)  # logits [k, t, v] or [t, v]
+        return m, s
 
     zero = _zeros_like(hb[..., 0])
     m, s = _walk_vocabulary(w, vocab_block, update, (zero - jnp.inf, zero))
@@ -198,8 +209,7 @@ def _forward(h, w, y, token_block, vocab_block):
     n = h.shape[0]
     hp, yp, pad = _pad_tokens(h, y, token_block)
     lse = _log_sum_exp(hp, w, token_block, vocab_block)[:n]
-    target = jnp.einsum("nd,nd->n", h, w[y], preferred_element_type=jnp.float32)
-    return jnp.mean(lse - target), lse
+    return jnp.mean(lse - _target_logits(h, w, y)), lse
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4))
@@ -236,15 +246,10 @@ def _stored_forward(h, w, y, vocab_block):
     s = jnp.zeros((n,), jnp.float32)
     tiles = []
     for start in range(0, w.shape[0], vocab_block):  # unrolled: each tile its own buffer, no stacking copy
-        logits = _logits(h, w[start:start + vocab_block])
-        m_new = jnp.maximum(m, logits.max(-1))
-        e = jnp.exp(logits - m_new[:, None])
-        s = s * jnp.exp(m - m_new) + e.sum(-1)
-        m = m_new
-        tiles.append((e.astype(w.dtype), m_new))
+        e, m, s = _online_softmax_step(_logits(h, w[start:start + vocab_block]), m, s)
+        tiles.append((e.astype(w.dtype), m))
     log_s = jnp.log(s)
-    target = jnp.einsum("nd,nd->n", h, w[y], preferred_element_type=jnp.float32)
-    return jnp.mean(m + log_s - target), (tuple(tiles), m, log_s)
+    return jnp.mean(m + log_s - _target_logits(h, w, y)), (tuple(tiles), m, log_s)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(3,))

@@ -69,14 +69,13 @@ def worker_meshes():
               "stored_reference": train_losses(None, jax.device_put(start), STORED)[0]}
     for shape in MESHES:
         mesh = sharding.make_mesh(MeshConfig(*shape))
+        placed = jax.device_put(start, state_shardings(build_model(MODEL, VOCAB, SEQ), TRAIN, mesh))
         if shape == MESHES[-1]:  # created sharded; the same values as the single-device init
             state = initial_state(mesh)
             result["same_init"] = all(jax.tree.leaves(jax.tree.map(np.array_equal, jax.device_get(state), start)))
+            result["stored"] = train_losses(mesh, placed, STORED)[0]  # the stored-tiles loss, from the same start
         else:  # compiling init once per mesh would only cost test time
-            state = jax.device_put(start, state_shardings(build_model(MODEL, VOCAB, SEQ), TRAIN, mesh))
-        if shape == MESHES[-1]:  # the stored-tiles loss on the same mesh, from the same start
-            placed = jax.device_put(start, state_shardings(build_model(MODEL, VOCAB, SEQ), TRAIN, mesh))
-            result["stored"] = train_losses(mesh, placed, STORED)[0]
+            state = placed
         losses, state, batch = train_losses(mesh, state)
         result[str(shape)] = {"losses": losses, "arrays": describe(state, batch)}
     print(json.dumps(result))
