@@ -92,7 +92,7 @@ def measure_peak(n: int = 4096, reps: int = 3) -> dict:
     out["jax"] = 2 * n**3 / best / 1e9
     try:
         import torch
-        t = torch.from_numpy(np.asarray(a))
+        t = torch.from_numpy(np.array(a))  # a writable copy
         torch.mm(t, t)
         out["torch"] = 2 * n**3 / min(_timed(lambda: torch.mm(t, t)) for _ in range(reps)) / 1e9
     except ImportError:

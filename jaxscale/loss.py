@@ -17,7 +17,7 @@ That is four matmuls with the output matrix instead of three — the forward til
 exchange for no memory traffic beyond reading W twice and writing dW once. Tiles hold a whole 16 x
 64 batch (1,024 tokens) by 4,096 vocabulary rows: smaller token blocks need an inner loop that was
 1.3-1.5x slower on XLA:CPU, and 1,024-row vocabulary blocks were 4-20% slower per step than 4,096 on
-the CPU of benchmarks/results/step_time.md (8,192: slower again). Within a tile the logits are
+the Xeon of benchmarks/results/xeon/step_time.md (8,192: slower again). Within a tile the logits are
 [tokens, vocab_block] row-major and the output gradient is produced as dW^T blocks [d, vocab_block]
 (h^T @ P): on XLA:CPU that contraction ran ~1.6x (d 128) to 2.5x (d 16) faster than P^T @ h. W is
 read in place (dynamic slices) and dW written in place: no copy or page-faulted temporary of [V, d]
@@ -44,13 +44,16 @@ TILE_LOGITS = 4 << 20  # logits per tile (16 MB in float32): the vocabulary bloc
 MAX_STORED_TILES = 64  # the stored loss unrolls its tiles: a bound on the program's size
 MIN_TOKEN_BLOCK = 1024  # tile rows of fewer tokens were slower on XLA:CPU (the inner token loop)
 # train.loss = "auto" stores the tiles when recomputing them would cost more than keeping them: the
-# recompute costs 2 d FLOPs per logit, keeping costs 8 bytes of memory traffic per logit. On the
-# 2-core CPU of benchmarks/results/step_time.md the two tie around d_model 24-32 (within the noise of
-# alternating runs), the blocked loss wins at d 16 (-5%) and the stored tiles from d 48 up (-2 to -15%)
-# — provided freed host memory is kept (jaxscale.hostmem, as the CLI sets it): without it, page-faulting
-# 206 MB of fresh tiles every step costs more than the recompute. Above STORED_MAX_BYTES (e.g. a
-# Llama's long batches) the blocked loss always runs.
-STORED_MIN_D = 32
+# recompute costs 2 d FLOPs per logit, keeping costs 8 bytes of memory traffic per logit, and where the
+# two cross depends on the CPU. On the 2-core AMD EPYC (Zen 5) of benchmarks/results/step_time.md the
+# stored tiles won at every tiny-grid width (alternating runs, ms per step, stored vs blocked: d 16
+# 47-49 vs 50-74, d 24 50-54 vs 69-79, d 32 68-73 vs 86-88, d 96 147 vs 203); on the 2-core Xeon of
+# benchmarks/results/xeon/step_time.md the two tied around d 24-32 and the blocked loss won at d 16
+# (-5%). Below d 16 (unmeasured) recomputing a tile is cheaper still, so it is recomputed.
+# Either way only when freed host memory is kept (jaxscale.hostmem, as the CLI sets it): without it,
+# page-faulting 206 MB of fresh tiles every step costs more than the recompute. Above STORED_MAX_BYTES
+# (e.g. a Llama's long batches) the blocked loss always runs.
+STORED_MIN_D = 16
 STORED_MAX_BYTES = 256 << 20
 
 

@@ -132,5 +132,6 @@ def test_auto_mode_stores_the_tiles_only_for_wide_models_and_small_batches(monke
     assert loss_mode(16 * 64, 50257, 128) == "blocked"  # CPU, freed memory handed back: faulting the tiles costs more
     monkeypatch.setattr(hostmem, "_retained", True)
     assert loss_mode(16 * 64, 50257, 128) == "stored"  # the tiny grid's largest model: 206 MB of tiles
-    assert loss_mode(16 * 64, 50257, 16) == "blocked"  # recomputing a narrow tile is cheaper than storing it
+    assert loss_mode(16 * 64, 50257, 16) == "stored"  # the tiny grid's narrowest model
+    assert loss_mode(16 * 64, 50257, 8) == "blocked"  # recomputing a narrower tile is cheaper than storing it
     assert loss_mode(8 * 2048, 32000, 2048) == "blocked"  # TinyLlama's batch: 2.1 GB of logits
