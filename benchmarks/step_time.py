@@ -4,7 +4,8 @@
                                    [--host-memory retain|default]
 
 For every model shape in the config (its [[model]] list; the tiny grid by default), at the config's
-batch and sequence length, float32, the vocabulary of --vocab (GPT-2's 50,257 by default):
+batch and sequence length, in the models' dtype (float32 unless the config or --set model.dtype=bfloat16
+says otherwise), the vocabulary of --vocab (GPT-2's 50,257 by default):
 
 - jaxscale: the jitted, AOT-compiled train step the run loop uses (jaxscale.step), state donated;
 - PyTorch eager and torch.compile: the same model, init and AdamW (benchmarks/torch_models.py),
@@ -15,8 +16,13 @@ Each step is timed as the training loop times it: from the call to the loss back
 After --warmup steps per framework, the frameworks take turns in --rounds rounds of
 steps/rounds steps each (so load from other processes falls on all of them alike); the reported
 time is the median over all timed steps, and *_ms_lo / *_ms_hi are the lowest and highest
-per-round medians (the noise). The peak is the best of large float32 matmuls (4096^3) in JAX and
-in PyTorch, measured in the same process, before and after the steps.
+per-round medians (the noise). The peak is the best of large matmuls (4096^3, the models' dtype) in
+JAX and in PyTorch, measured in the same process, before and after the steps. On a GPU whose dense
+bfloat16 peak NVIDIA publishes (jaxscale.laws.inference.GPU_PEAK_FLOPS), bfloat16 MFU is taken against that figure
+instead, and PyTorch runs on the GPU too (a CUDA build of torch; with a CPU build its rows are
+"unavailable"), under torch.autocast when the dtype is bfloat16. On GPUs the attention is
+jax.nn.dot_product_attention's choice (cuDNN's fused kernel where it applies; model.attention = cudnn
+insists on it).
 
 FLOPs per step = jaxscale.models.flops_per_token x batch x seq_len: every matmul of the forward
 and backward pass (3 x forward) — q, k, v, output and MLP projections, attention's QK^T and AV
@@ -58,6 +64,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from jaxscale import hostmem, xla_cpu  # noqa: E402
 from jaxscale.config import ModelConfig, TrainConfig, expand, load_raw  # noqa: E402
+from jaxscale.laws.inference import GPU_PEAK_FLOPS  # noqa: E402
 from jaxscale.models import build_model, count_params, flops_per_token  # noqa: E402
 from jaxscale.step import compiled_steps, init_state, step_key  # noqa: E402
 
@@ -82,22 +89,49 @@ def shapes_of(raw: dict) -> tuple[list[ModelConfig], TrainConfig, int]:
     return models, runs[0].config.train, runs[0].config.data.seq_len
 
 
-def measure_peak(n: int = 4096, reps: int = 3) -> dict:
-    """GFLOP/s of an n^3 float32 matmul, best of reps, in JAX and (when present) in PyTorch."""
+def published_peak(device_kind: str, dtype: str) -> tuple[float, str] | None:
+    """(GFLOP/s, where it comes from) for a GPU of jaxscale.laws.inference.GPU_PEAK_FLOPS named in
+    jax.Device.device_kind (the longest name that matches: "H100 PCIe" before "H100"); None for float32
+    (whose GPU matmuls may run as TF32), CPUs and GPUs not in the table."""
+    if dtype != "bfloat16":
+        return None
+    names = [name for name in GPU_PEAK_FLOPS if name in device_kind]
+    if not names:
+        return None
+    name = max(names, key=len)
+    return GPU_PEAK_FLOPS[name]["bf16"] / 1e9, f"published dense bfloat16 peak of the {name} ({device_kind})"
+
+
+def measure_peak(dtype: str = "float32", n: int = 4096, reps: int = 3) -> dict:
+    """GFLOP/s of an n^3 matmul in dtype, best of reps, in JAX and (when it has the device) in PyTorch."""
     out = {}
-    a = jnp.asarray(np.random.default_rng(0).standard_normal((n, n), np.float32))
+    a = jnp.asarray(np.random.default_rng(0).standard_normal((n, n), np.float32)).astype(dtype)
     mm = jax.jit(lambda x: x @ x)
     mm(a).block_until_ready()
     best = min(_timed(lambda: mm(a).block_until_ready()) for _ in range(reps))
     out["jax"] = 2 * n**3 / best / 1e9
     try:
         import torch
-        t = torch.from_numpy(np.array(a))  # a writable copy
+        device = torch_device()
+        t = torch.from_numpy(np.array(a.astype(jnp.float32))).to(device=device, dtype=getattr(torch, dtype))
+        sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
         torch.mm(t, t)
-        out["torch"] = 2 * n**3 / min(_timed(lambda: torch.mm(t, t)) for _ in range(reps)) / 1e9
-    except ImportError:
+        sync()
+        out["torch"] = 2 * n**3 / min(_timed(lambda: (torch.mm(t, t), sync())) for _ in range(reps)) / 1e9
+    except (ImportError, RuntimeError):  # no torch, or a CPU build of torch next to a GPU
         pass
     return out
+
+
+def torch_device() -> str:
+    """Where PyTorch runs: on the GPU when JAX runs on one (and this torch has CUDA), else the CPU."""
+    import torch
+    if jax.default_backend() != "gpu":
+        return "cpu"
+    if not torch.cuda.is_available():
+        raise RuntimeError("JAX runs on a GPU but this PyTorch has no CUDA (a CPU build): install a CUDA "
+                           "build of torch to compare on the GPU")
+    return "cuda"
 
 
 def _timed(fn) -> float:
@@ -129,11 +163,15 @@ class TorchRunner:
 
         import torch_models as tm
         torch.manual_seed(0)
+        device = torch_device()
         self.tm, self.train, self.steps = tm, train, steps
-        self.model = tm.build_model(cfg, self.vocab, batches.shape[2] - 1)
-        self.loss_fn = torch.compile(self.model) if compile else self.model
+        self.model = tm.build_model(cfg, self.vocab, batches.shape[2] - 1).to(device)
+        forward = torch.compile(self.model) if compile else self.model
+        if cfg.dtype == "bfloat16":  # jaxscale's bfloat16: compute in bfloat16, parameters in float32
+            forward = torch.autocast(device, dtype=torch.bfloat16)(forward)
+        self.loss_fn = forward
         self.opt = tm.optimizer(self.model, train)
-        self.batches, self.i = [torch.from_numpy(b).long() for b in batches], 0
+        self.batches, self.i = [torch.from_numpy(b).long().to(device) for b in batches], 0
 
     def __call__(self) -> float:
         loss = self.tm.train_step(self.model, self.loss_fn, self.opt, self.batches[self.i % len(self.batches)],
@@ -204,15 +242,21 @@ def main(argv=None) -> int:
     log = (lambda msg: print(msg, file=sys.stderr, flush=True)) if args.json else (lambda msg: print(msg, flush=True))
     raw = load_raw(args.config, args.set)
     models, train, seq_len = shapes_of(raw)
+    shapes = [m.label for m in models]
     if args.models:
         wanted = set(args.models.split(","))
         models = [m for m in models if m.label in wanted]
+    if not models:
+        parser.error(f"--models {args.models}: no such shape in {args.config} (it has {', '.join(shapes)})")
     frameworks = [f for f in args.frameworks.split(",") if f]
     tokens = train.batch_size * seq_len
-    log(f"{len(models)} shapes, batch {train.batch_size} x {seq_len} tokens, vocab {args.vocab}, float32, "
+    dtype = models[0].dtype
+    if any(m.dtype != dtype for m in models):
+        parser.error(f"model.dtype: the shapes of {args.config} mix dtypes; benchmark one dtype at a time")
+    log(f"{len(models)} shapes, batch {train.batch_size} x {seq_len} tokens, vocab {args.vocab}, {dtype}, "
         f"loss {train.loss}; load average {os.getloadavg()[0]:.2f}")
-    peaks = measure_peak()
-    log(f"peak (4096^3 float32 matmul): " + ", ".join(f"{k} {v:.0f} GFLOP/s" for k, v in peaks.items()))
+    peaks = measure_peak(dtype)
+    log(f"peak (4096^3 {dtype} matmul): " + ", ".join(f"{k} {v:.0f} GFLOP/s" for k, v in peaks.items()))
 
     rows = []
     for cfg in models:
@@ -226,9 +270,10 @@ def main(argv=None) -> int:
         rows.append(row)
         log("  " + ", ".join(f"{f} {row[f + '_ms']:.1f} ms ({row[f + '_ms_lo']:.1f}-{row[f + '_ms_hi']:.1f})"
                              for f in FRAMEWORKS if f + "_ms" in row))
-    for k, v in measure_peak().items():  # again after the steps: the best of both is the peak
+    for k, v in measure_peak(dtype).items():  # again after the steps: the best of both is the peak
         peaks[k] = max(peaks[k], v)
-    peak = max(peaks.values())
+    published = published_peak(jax.devices()[0].device_kind, dtype)
+    peak, peak_source = published or (max(peaks.values()), "measured in the same process")
     for row in rows:
         flops = row["gflop_per_step"] * 1e9
         for f in FRAMEWORKS:
@@ -239,7 +284,7 @@ def main(argv=None) -> int:
         row["speedup_vs_eager"] = row.get("torch_eager_ms", float("nan")) / row["jax_ms"]
         row["speedup_vs_compile"] = row.get("torch_compile_ms", float("nan")) / row["jax_ms"]
         row["peak_gflops"] = peak
-    meta = machine(peaks, train, seq_len, args)
+    meta = machine(peaks, train, seq_len, args) | {"dtype": dtype, "peak_gflops": round(peak, 1), "peak_source": peak_source}
     if not args.no_write:
         write(Path(args.out), rows, meta)
     if args.json:
@@ -261,6 +306,8 @@ def machine(peaks, train, seq_len, args) -> dict:
         versions["torch"] = torch.__version__
     except ImportError:
         pass
+    if jax.default_backend() != "cpu":
+        cpu = f"{jax.devices()[0].device_kind} (host: {cpu})"
     return {"date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), "cpu": cpu, "cores": os.cpu_count(),
             "peaks": {k: round(v, 1) for k, v in peaks.items()}, "versions": versions,
             "batch": train.batch_size, "seq_len": seq_len, "vocab": args.vocab, "loss": train.loss,
@@ -273,13 +320,13 @@ def _round(x):
 
 
 def markdown(rows, meta) -> str:
-    lines = [f"Train step, batch {meta['batch']} x {meta['seq_len']} tokens, vocabulary {meta['vocab']:,}, float32, "
+    lines = [f"Train step, batch {meta['batch']} x {meta['seq_len']} tokens, vocabulary {meta['vocab']:,}, {meta['dtype']}, "
              f"AdamW, loss {meta['loss']}, host memory {meta['host_memory']}; {meta['cpu']}, {meta['cores']} cores; "
              f"{meta['date']}; "
              + ", ".join(f"{k} {v}" for k, v in meta["versions"].items()) + ".",
              f"Median of {meta['steps']} steps in {meta['rounds']} interleaved rounds (lowest-highest round median); "
-             f"peak {max(meta['peaks'].values()):.0f} GFLOP/s measured in the same process "
-             f"(4096³ float32 matmul: " + ", ".join(f"{k} {v:.0f}" for k, v in meta["peaks"].items()) + ").",
+             f"peak {meta['peak_gflops']:.0f} GFLOP/s, {meta['peak_source']} "
+             f"(4096³ {meta['dtype']} matmul: " + ", ".join(f"{k} {v:.0f}" for k, v in meta["peaks"].items()) + ").",
              "",
              "| model | GFLOP/step | jaxscale ms | PyTorch eager ms | torch.compile ms | vs eager | vs compile "
              "| jaxscale tokens/s | jaxscale MFU | eager MFU | compile MFU | load |",

@@ -46,6 +46,7 @@ class ModelConfig:
     norm_eps: float = 1e-5
     tie_embeddings: bool = True  # tiny only; llama is untied
     dtype: str = "float32"  # compute dtype: float32 | bfloat16 (parameters stay float32)
+    attention: str = "auto"  # auto (JAX picks: cuDNN's fused attention where it applies) | xla | cudnn (GPU only)
     remat: bool = False  # rematerialise each block's activations in the backward pass
 
     @property
@@ -126,6 +127,7 @@ _CHOICES = {
     "data.source": ("auto", "dir", "hf", "stdlib"),
     "model.arch": ("tiny", "llama"),
     "model.dtype": ("float32", "bfloat16"),
+    "model.attention": ("auto", "xla", "cudnn"),
     "sweep.order": ("sequential", "random"),
     "train.loss": ("auto", "blocked", "stored", "full"),
     "energy.meter": ("auto", "nvml", "rapl", "none"),

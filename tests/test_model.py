@@ -43,3 +43,14 @@ def test_flops_per_token_counts_the_forward_matmuls_three_times():
     # XLA counts the full (unmasked) attention and elementwise work; ours halves attention for the mask
     ours = flops_per_token(cfg, 1000, 32) / 3 * 32
     assert 0.9 * xla_flops < ours < 1.02 * xla_flops
+
+
+def test_cudnn_attention_off_gpu_is_a_clear_config_error():
+    import pytest
+    if jax.default_backend() == "gpu":
+        pytest.skip("cuDNN may run here")
+    for arch in ("tiny", "llama"):
+        cfg = ModelConfig(arch=arch, d_model=64, d_mlp=128, n_layers=1, attention="cudnn")
+        model = build_model(cfg, vocab_size=100, seq_len=16)
+        with pytest.raises(ValueError, match=r"model\.attention = 'cudnn'.*'auto' or 'xla'"):
+            model.init(jax.random.key(0), jnp.zeros((1, 16), jnp.int32))

@@ -19,10 +19,12 @@ from jaxscale.laws.law import ChinchillaLaw
 TRAIN_FLOPS_PER_PARAM_TOKEN = 6.0
 INFERENCE_FLOPS_PER_PARAM_TOKEN = 2.0
 
-# Dense peak FLOP/s (no sparsity) by GPU and dtype.
+# Dense peak FLOP/s (no sparsity) by GPU and dtype, from NVIDIA's datasheets (H100 and H200: the SXM parts).
 GPU_PEAK_FLOPS: dict[str, dict[str, float]] = {
     "A100": {"bf16": 312e12, "fp16": 312e12, "int8": 624e12},
     "H100": {"bf16": 989e12, "fp16": 989e12, "fp8": 1979e12, "int8": 1979e12},
+    "H100 PCIe": {"bf16": 756e12, "fp16": 756e12, "fp8": 1513e12, "int8": 1513e12},
+    "H200": {"bf16": 989e12, "fp16": 989e12, "fp8": 1979e12, "int8": 1979e12},
 }
 
 

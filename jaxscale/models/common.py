@@ -45,6 +45,15 @@ def heads(cfg: ModelConfig) -> int:
     return cfg.n_heads or default_heads(cfg)
 
 
+def attention_impl(cfg: ModelConfig) -> str | None:
+    """jax.nn.dot_product_attention's `implementation`: None lets JAX choose (cuDNN's fused kernel on
+    GPUs where the shapes and dtype allow it, XLA's otherwise); "cudnn" only where cuDNN can run."""
+    if cfg.attention == "cudnn" and jax.default_backend() != "gpu":
+        raise ValueError(f"model.attention = 'cudnn' needs a GPU with cuDNN; this process runs on "
+                         f"{jax.default_backend()!r}: use 'auto' or 'xla'")
+    return None if cfg.attention == "auto" else cfg.attention
+
+
 def flops_per_token(cfg: ModelConfig, vocab_size: int, seq_len: int) -> int:
     """Training FLOPs per token counted matmul by matmul (forward + backward = 3 x forward):
     every dense layer, the output layer and causal attention (QK^T and AV, halved for the mask);

@@ -12,7 +12,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxscale.config import ModelConfig
-from jaxscale.models.common import heads
+from jaxscale.models.common import attention_impl, heads
 from jaxscale.sharding import constrain
 
 INIT_STD = 0.02  # Llama's initializer_range
@@ -72,7 +72,7 @@ class Attention(nn.Module):
         v = Linear((d, n_kv, head_dim), ("embed", "kv_heads", "head_dim"), dtype, name="v")(x)
         q, k = rope(q, cfg.rope_theta), rope(k, cfg.rope_theta)
         q = constrain(q, ("act_batch", "act_len", "act_heads", None))
-        out = jax.nn.dot_product_attention(q, k, v, is_causal=True)  # GQA: n_heads a multiple of n_kv
+        out = jax.nn.dot_product_attention(q, k, v, is_causal=True, implementation=attention_impl(cfg))  # GQA: n_heads a multiple of n_kv
         return Linear((n_heads, head_dim, d), ("heads", "head_dim", "embed"), dtype, n_in=2, name="o")(out)
 
 

@@ -7,7 +7,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxscale.config import ModelConfig
-from jaxscale.models.common import heads
+from jaxscale.models.common import attention_impl, heads
 
 INIT = nn.initializers.normal(stddev=0.02)
 
@@ -26,7 +26,7 @@ class Block(nn.Module):
         h = nn.LayerNorm(dtype=dtype, name="ln_attn")(x)
         qkv = nn.DenseGeneral((3, n_heads, d // n_heads), dtype=dtype, kernel_init=INIT, name="qkv")(h)
         q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
-        att = jax.nn.dot_product_attention(q, k, v, is_causal=True)
+        att = jax.nn.dot_product_attention(q, k, v, is_causal=True, implementation=attention_impl(cfg))
         x = x + nn.DenseGeneral(d, axis=(-2, -1), dtype=dtype, kernel_init=out_init, name="attn_out")(att)
 
         h = nn.LayerNorm(dtype=dtype, name="ln_mlp")(x)
