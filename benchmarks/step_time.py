@@ -20,9 +20,8 @@ per-round medians (the noise). The peak is the best of large matmuls (4096^3, th
 JAX and in PyTorch, measured in the same process, before and after the steps. On a GPU whose dense
 bfloat16 peak NVIDIA publishes (jaxscale.laws.inference.GPU_PEAK_FLOPS), bfloat16 MFU is taken against that figure
 instead, and PyTorch runs on the GPU too (a CUDA build of torch; with a CPU build its rows are
-"unavailable"), under torch.autocast when the dtype is bfloat16. On GPUs the attention is
-jax.nn.dot_product_attention's choice (cuDNN's fused kernel where it applies; model.attention = cudnn
-insists on it).
+"unavailable"), under torch.autocast when the dtype is bfloat16. On GPUs, bfloat16 attention runs
+cuDNN's fused kernel where it can (model.attention = auto; jaxscale.models.common.choose_attention).
 
 FLOPs per step = jaxscale.models.flops_per_token x batch x seq_len: every matmul of the forward
 and backward pass (3 x forward) — q, k, v, output and MLP projections, attention's QK^T and AV

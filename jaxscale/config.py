@@ -46,7 +46,7 @@ class ModelConfig:
     norm_eps: float = 1e-5
     tie_embeddings: bool = True  # tiny only; llama is untied
     dtype: str = "float32"  # compute dtype: float32 | bfloat16 (parameters stay float32)
-    attention: str = "auto"  # auto (JAX picks: cuDNN's fused attention where it applies) | xla | cudnn (GPU only)
+    attention: str = "auto"  # auto (cuDNN's fused attention on bf16 GPUs where it runs, else XLA's) | xla | cudnn
     remat: bool = False  # rematerialise each block's activations in the backward pass
 
     @property

@@ -54,3 +54,17 @@ def test_cudnn_attention_off_gpu_is_a_clear_config_error():
         model = build_model(cfg, vocab_size=100, seq_len=16)
         with pytest.raises(ValueError, match=r"model\.attention = 'cudnn'.*'auto' or 'xla'"):
             model.init(jax.random.key(0), jnp.zeros((1, 16), jnp.int32))
+
+
+def test_auto_attention_is_cudnn_only_where_cudnns_fused_kernel_runs():
+    from jaxscale.models.common import choose_attention
+    # cuDNN's fused attention: compute capability >= 8.0, fp16/bf16, head_dim a multiple of 8 up to 128
+    assert choose_attention("auto", "gpu", "9.0", "bfloat16", 64) == "cudnn"
+    assert choose_attention("auto", "gpu", "8.0", "bfloat16", 128) == "cudnn"
+    assert choose_attention("auto", "gpu", "9.0", "float32", 64) == "xla"
+    assert choose_attention("auto", "gpu", "7.0", "bfloat16", 64) == "xla"
+    assert choose_attention("auto", "gpu", "9.0", "bfloat16", 12) == "xla"
+    assert choose_attention("auto", "gpu", "9.0", "bfloat16", 256) == "xla"
+    assert choose_attention("auto", "cpu", "", "bfloat16", 64) == "xla"
+    assert choose_attention("xla", "gpu", "9.0", "bfloat16", 64) == "xla"
+    assert choose_attention("cudnn", "gpu", "7.0", "float32", 12) == "cudnn"  # insisted on: cuDNN's own error

@@ -45,13 +45,25 @@ def heads(cfg: ModelConfig) -> int:
     return cfg.n_heads or default_heads(cfg)
 
 
-def attention_impl(cfg: ModelConfig) -> str | None:
-    """jax.nn.dot_product_attention's `implementation`: None lets JAX choose (cuDNN's fused kernel on
-    GPUs where the shapes and dtype allow it, XLA's otherwise); "cudnn" only where cuDNN can run."""
-    if cfg.attention == "cudnn" and jax.default_backend() != "gpu":
-        raise ValueError(f"model.attention = 'cudnn' needs a GPU with cuDNN; this process runs on "
-                         f"{jax.default_backend()!r}: use 'auto' or 'xla'")
-    return None if cfg.attention == "auto" else cfg.attention
+def attention_impl(cfg: ModelConfig) -> str:
+    """jax.nn.dot_product_attention's `implementation` for this process's first device."""
+    device = jax.devices()[0]
+    return choose_attention(cfg.attention, device.platform, getattr(device, "compute_capability", ""),
+                            cfg.dtype, cfg.d_model // heads(cfg))
+
+
+def choose_attention(attention: str, platform: str, compute_capability: str, dtype: str, head_dim: int) -> str:
+    """"auto": cuDNN's fused attention where it runs — an NVIDIA GPU of compute capability 8.0 or later,
+    bfloat16, head_dim a multiple of 8 up to 128 — and XLA's elsewhere (JAX's own default, implementation=None,
+    is always XLA's). "cudnn" off a GPU is a config error; on one, cuDNN itself rejects what it cannot run."""
+    gpu = platform in ("gpu", "cuda")
+    if attention == "cudnn" and not gpu:
+        raise ValueError(f"model.attention = 'cudnn' needs an NVIDIA GPU with cuDNN; this process runs on "
+                         f"{platform!r}: use 'auto' or 'xla'")
+    if attention != "auto":
+        return attention
+    fits = gpu and dtype == "bfloat16" and head_dim % 8 == 0 and head_dim <= 128
+    return "cudnn" if fits and float(compute_capability or 0) >= 8.0 else "xla"
 
 
 def flops_per_token(cfg: ModelConfig, vocab_size: int, seq_len: int) -> int:
