@@ -1,6 +1,7 @@
 """benchmarks/step_time.py end to end on the smoke config (tiny shapes, a small vocabulary), float32
 and bfloat16, and the published GPU peaks it takes MFU against. Host memory is left as glibc has it
 (--host-memory default): retaining it would change allocation for the rest of the test session."""
+import importlib.util
 import json
 import math
 import sys
@@ -12,6 +13,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 import step_time  # noqa: E402
+
+HAS_TORCH = importlib.util.find_spec("torch") is not None
 
 
 def test_published_peaks_are_nvidias_dense_bfloat16_figures():
@@ -26,7 +29,7 @@ def test_published_peaks_are_nvidias_dense_bfloat16_figures():
 
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
 def test_step_time_runs_both_frameworks_in_the_models_dtype(dtype, capsys):
-    frameworks = "jax,torch_eager" if _has_torch() else "jax"
+    frameworks = "jax,torch_eager" if HAS_TORCH else "jax"
     code = step_time.main(["--config", str(ROOT / "configs" / "smoke.toml"), "--vocab", "512", "--steps", "4",
                            "--rounds", "2", "--warmup", "1", "--models", "d16-l1", "--frameworks", frameworks,
                            "--set", f"model.dtype={dtype}", "--host-memory", "default", "--no-write", "--json"])
@@ -34,14 +37,6 @@ def test_step_time_runs_both_frameworks_in_the_models_dtype(dtype, capsys):
     captured = capsys.readouterr()
     (row,) = json.loads(captured.out)
     assert row["model"] == "d16-l1" and row["jax_ms"] > 0 and 0 < row["jax_mfu"] < 1
-    if _has_torch():
+    if HAS_TORCH:
         assert row["torch_eager_ms"] > 0 and math.isfinite(row["speedup_vs_eager"])
     assert f"4096^3 {dtype} matmul" in captured.err
-
-
-def _has_torch() -> bool:
-    try:
-        import torch  # noqa: F401
-        return True
-    except ImportError:
-        return False

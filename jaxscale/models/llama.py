@@ -72,7 +72,8 @@ class Attention(nn.Module):
         v = Linear((d, n_kv, head_dim), ("embed", "kv_heads", "head_dim"), dtype, name="v")(x)
         q, k = rope(q, cfg.rope_theta), rope(k, cfg.rope_theta)
         q = constrain(q, ("act_batch", "act_len", "act_heads", None))
-        out = jax.nn.dot_product_attention(q, k, v, is_causal=True, implementation=attention_impl(cfg))  # GQA: n_heads a multiple of n_kv
+        # GQA: n_heads a multiple of n_kv
+        out = jax.nn.dot_product_attention(q, k, v, is_causal=True, implementation=attention_impl(cfg))
         return Linear((n_heads, head_dim, d), ("heads", "head_dim", "embed"), dtype, n_in=2, name="o")(out)
 
 
