@@ -47,8 +47,19 @@ def optimizer(train: TrainConfig) -> optax.GradientTransformation:
     decay_mask = lambda params: jax.tree.map(lambda p: p.ndim >= 2, params)  # noqa: E731
     parts = [optax.scale_by_adam(b1=train.beta1, b2=train.beta2), optax.add_decayed_weights(train.weight_decay, decay_mask)]
     if train.grad_clip > 0:
-        parts.insert(0, optax.clip_by_global_norm(train.grad_clip))
+        parts.insert(0, clip_by_global_norm(train.grad_clip))
     return optax.chain(*parts)
+
+
+def clip_by_global_norm(max_norm: float) -> optax.GradientTransformation:
+    """optax.clip_by_global_norm as one scalar factor, g * min(1, max_norm / |g|): XLA fuses the multiply into
+    Adam's moment updates, where optax's select-and-divide became one more pass over every gradient (~2 ms of
+    the d128 tiny model's 6.5 ms optimizer on CPU). Same (empty) state, so checkpoints are unaffected."""
+    def clip(updates, params=None):
+        factor = jnp.minimum(1.0, max_norm / optax.tree.norm(updates))  # |g| = 0: factor 1, no NaN
+        return jax.tree.map(lambda g: g * factor.astype(g.dtype), updates)
+
+    return optax.stateless(clip)
 
 
 def init_state(model, train: TrainConfig, steps: int, seq_len: int, rng, mesh=None) -> TrainState:
