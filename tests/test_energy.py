@@ -27,7 +27,7 @@ def sampler_threads():
 
 
 # (profile, window in s). The trapezoid misses up to ΔP·Δt/2 at a step: 1 J at 50 Hz, 0.4% of a 1.2 s
-# window, so one sample ~2 ms late on a busy machine would breach 0.5%. A 3 s window (windows of seconds
+# window, so one sample ~5 ms late at the step on a busy machine breaches 0.5%. A 3 s window (windows of seconds
 # are what the README advises) leaves room for a ~60 ms gap at the step.
 PROFILES = {
     "step": (step(150.0, 250.0, at_s=1.5), 3.0),
