@@ -3,6 +3,10 @@ from pathlib import Path
 
 import pytest
 
+# The tests run on the CPU, also where the CUDA plugin is installed (CI installs it for the compile-only GPU
+# tests, which need no GPU): without this the plugin would look for a GPU and print its failure to stderr.
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 ENWIKI = SHARED / "data" / "enwiki-sample"
 GPT2 = SHARED / "tokenizers" / "gpt2" / "tokenizer.json"
