@@ -61,8 +61,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from jaxscale import hostmem, xla_cpu  # noqa: E402
-from jaxscale.config import ModelConfig, TrainConfig, expand, load_raw  # noqa: E402
+from jaxscale import hostmem, runtime, xla_cpu  # noqa: E402
+from jaxscale.config import Config, DataConfig, ModelConfig, TrainConfig, expand, load_raw  # noqa: E402
 from jaxscale.laws.inference import GPU_PEAK_FLOPS  # noqa: E402
 from jaxscale.models import build_model, count_params, flops_per_token  # noqa: E402
 from jaxscale.step import compiled_steps, init_state, step_key  # noqa: E402
@@ -144,6 +144,10 @@ class JaxRunner:
 
     def __init__(self, cfg: ModelConfig, train: TrainConfig, batches: np.ndarray, steps: int):
         seq_len = batches.shape[2] - 1
+        # every `auto` resolved for this process's device, as jaxscale.train resolves it
+        config = runtime.resolve(Config(model=cfg, train=train, data=DataConfig(seq_len=seq_len)),
+                                 runtime.hardware(jax.devices()[:1]), self.vocab)
+        cfg, train = config.model, config.train
         self.model = build_model(cfg, self.vocab, seq_len)
         self.state = init_state(self.model, train, steps, seq_len, jax.random.key(0))
         step, _ = compiled_steps(self.model, step_key(train))

@@ -38,7 +38,6 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from jaxscale import hostmem
 
 TILE_LOGITS = 4 << 20  # logits per tile (16 MB in float32): the vocabulary block is sized from it
 MAX_STORED_TILES = 64  # the stored loss unrolls its tiles: a bound on the program's size
@@ -55,17 +54,18 @@ MIN_TOKEN_BLOCK = 1024  # tile rows of fewer tokens were slower on XLA:CPU (the 
 # (e.g. a Llama's long batches) the blocked loss always runs.
 STORED_MIN_D = 16
 STORED_MAX_BYTES = 256 << 20
+GPU_FULL_LOGITS_SHARE = 16  # full logits on a GPU when they take at most 1/16 of its memory
 
 
 def cross_entropy(hidden, unembed, targets, mode: str = "auto", chunk: int = 128):
     """Mean next-token loss. hidden [..., d], unembed [V, d], targets [...] int.
     mode "full": the plain logits (also the reference); "blocked": tiles of max(chunk, MIN_TOKEN_BLOCK)
     tokens (all of them when fewer) x a vocabulary block, recomputed in the backward pass; "stored":
-    all tokens x a vocabulary block, kept for the backward pass; "auto": `loss_mode` picks by shape."""
+    all tokens x a vocabulary block, kept for the backward pass; "auto" (unresolved): "blocked"."""
     h = hidden.reshape(-1, hidden.shape[-1])
     y = targets.reshape(-1)
-    if mode == "auto":
-        mode = loss_mode(h.shape[0], *unembed.shape)
+    if mode == "auto":  # not resolved for a device (jaxscale.runtime.resolve): the loss that runs anywhere
+        mode = "blocked"
     if mode == "full":
         return plain_cross_entropy(h, unembed, y)
     if mode == "stored":
@@ -74,11 +74,17 @@ def cross_entropy(hidden, unembed, targets, mode: str = "auto", chunk: int = 128
     return blocked_cross_entropy(h, unembed, y, token_block, vocab_block_for(token_block, unembed.shape[0]))
 
 
-def loss_mode(tokens: int, vocab: int, d_model: int) -> str:
-    """"stored" or "blocked" for train.loss = "auto" (see STORED_MIN_D)."""
+def choose_loss(tokens: int, vocab: int, d_model: int, platform: str, freed_memory_reused: bool,
+                memory_bytes: int = 0) -> str:
+    """train.loss = "auto" for `tokens` tokens a device (jaxscale.runtime.resolve calls this once).
+    On a GPU: the full logits when they and their gradient (8 bytes a logit) take at most 1/16 of the device's
+    memory — one fused matmul each way, nothing recomputed — else the blocked loss. On the CPU: the stored
+    tiles when they are worth keeping (see STORED_MIN_D), else the blocked loss."""
+    if platform != "cpu":
+        fits = memory_bytes > 0 and 8 * tokens * vocab <= memory_bytes // GPU_FULL_LOGITS_SHARE
+        return "full" if fits else "blocked"
     small = 4 * tokens * vocab <= STORED_MAX_BYTES
-    reused = hostmem.retained() or jax.default_backend() != "cpu"  # device allocators reuse their memory
-    return "stored" if d_model >= STORED_MIN_D and small and reused else "blocked"
+    return "stored" if d_model >= STORED_MIN_D and small and freed_memory_reused else "blocked"
 
 
 def stored_vocab_block(tokens: int, vocab: int) -> int:

@@ -19,7 +19,7 @@ from typing import Any, Callable
 import jax
 import numpy as np
 
-from jaxscale import hostmem, sharding, xla_cpu
+from jaxscale import runtime, sharding
 from jaxscale.checkpoint import RunCheckpoints
 from jaxscale.config import Config, ConfigError, RunSpec, expand, load_raw, to_dict
 from jaxscale.data.corpora import load_corpus
@@ -116,9 +116,12 @@ def run_one(spec: RunSpec, data: Prepared, run_dir: Path, progress: Progress, st
             heartbeat=lambda: None) -> dict:
     """Train one run, from its latest checkpoint if it has one; write config.json, metrics.jsonl,
     power.csv and summary.json; return the summary."""
-    config = spec.config
-    cfg, train, seq_len = config.model, config.train, config.data.seq_len
     wall_start = time.perf_counter()
+    mesh = mesh_for(spec.config.mesh)
+    config = runtime.resolve(spec.config, runtime.hardware(mesh.devices.flat), data.vocab_size)
+    resolved = runtime.choices(spec.config, config)
+    spec = dataclasses.replace(spec, config=config)
+    cfg, train, seq_len = config.model, config.train, config.data.seq_len
     writer = sharding.is_writer()
     budget = plan_budget(len(data.splits["train"]), seq_len, train.batch_size, train.tokens)
     model = build_model(cfg, data.vocab_size, seq_len)
@@ -126,9 +129,8 @@ def run_one(spec: RunSpec, data: Prepared, run_dir: Path, progress: Progress, st
     run_dir.mkdir(parents=True, exist_ok=True)
     if writer:
         (run_dir / "config.json").write_text(json.dumps({"run_id": spec.run_id, "repetition": spec.repetition,
-                                                          **to_dict(config)}, indent=2))
+                                                          **to_dict(config), "resolved": resolved}, indent=2))
 
-    mesh = mesh_for(config.mesh)
     index, count = sharding.data_shard(mesh)
     batches = train_iterator(train_dataset(data.splits["train"], seq_len, train.batch_size, budget.steps, train.seed,
                                            shard_index=index, shard_count=count))
@@ -155,7 +157,8 @@ def run_one(spec: RunSpec, data: Prepared, run_dir: Path, progress: Progress, st
         if sampler.summary is None:
             sampler.stop()
     summary.update(n_params=n_params, n_params_nonembed=n_nonembed, flops=6 * n_params * budget.tokens,
-                   flops_per_token_matmul=flops_per_token(cfg, data.vocab_size, seq_len))
+                   flops_per_token_matmul=flops_per_token(cfg, data.vocab_size, seq_len),
+                   attention=cfg.attention, loss_mode=train.loss, resolved=resolved)
     if writer:
         (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
     return summary
@@ -277,6 +280,7 @@ def run_sweep(raw: dict, out: Path, worker: tuple[int, int] = (0, 1), quiet: boo
         data = prepare_data(spec.config, data_cache)
         plan_budget(len(data.splits["train"]), spec.config.data.seq_len, spec.config.train.batch_size,
                     spec.config.train.tokens)
+        runtime.resolve(spec.config, runtime.hardware(mesh_for(spec.config.mesh).devices.flat), data.vocab_size)
     sweep = Sweep(out, raw, runs, writer=sharding.is_writer(), claiming=jax.process_count() == 1)
     progress = Progress(len(runs), quiet=quiet)
     meters = {}
@@ -339,8 +343,7 @@ def parse_args(argv):
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    hostmem.retain_freed_memory()
-    xla_cpu.prefer_wide_vectors()
+    runtime.start()
     sharding.initialize_distributed()
     try:
         raw = load_raw(args.config, args.overrides)

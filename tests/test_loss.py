@@ -125,13 +125,19 @@ def test_tiled_losses_in_bfloat16_stay_close(mode):
     np.testing.assert_allclose(np.asarray(dw, np.float32), ref_dw, atol=2e-3)
 
 
-def test_auto_mode_stores_the_tiles_only_for_wide_models_and_small_batches(monkeypatch):
-    from jaxscale import hostmem
-    from jaxscale.loss import loss_mode
-    monkeypatch.setattr(hostmem, "_retained", False)
-    assert loss_mode(16 * 64, 50257, 128) == "blocked"  # CPU, freed memory handed back: faulting the tiles costs more
-    monkeypatch.setattr(hostmem, "_retained", True)
-    assert loss_mode(16 * 64, 50257, 128) == "stored"  # the tiny grid's largest model: 206 MB of tiles
-    assert loss_mode(16 * 64, 50257, 16) == "stored"  # the tiny grid's narrowest model
-    assert loss_mode(16 * 64, 50257, 8) == "blocked"  # recomputing a narrower tile is cheaper than storing it
-    assert loss_mode(8 * 2048, 32000, 2048) == "blocked"  # TinyLlama's batch: 2.1 GB of logits
+def test_auto_mode_stores_the_tiles_only_for_wide_models_and_small_batches():
+    from jaxscale.loss import choose_loss
+    # CPU, freed memory handed back: faulting the tiles costs more than recomputing them
+    assert choose_loss(16 * 64, 50257, 128, "cpu", freed_memory_reused=False) == "blocked"
+    assert choose_loss(16 * 64, 50257, 128, "cpu", True) == "stored"  # the tiny grid's largest model: 206 MB of tiles
+    assert choose_loss(16 * 64, 50257, 16, "cpu", True) == "stored"  # the tiny grid's narrowest model
+    assert choose_loss(16 * 64, 50257, 8, "cpu", True) == "blocked"  # recomputing a narrower tile is cheaper
+    assert choose_loss(8 * 2048, 32000, 2048, "cpu", True) == "blocked"  # TinyLlama's batch: 2.1 GB of logits
+
+
+def test_auto_mode_on_a_gpu_keeps_full_logits_only_where_they_take_a_sixteenth_of_memory():
+    from jaxscale.loss import choose_loss
+    # TinyLlama's batch: 16,384 x 32,000 logits x 8 bytes (logits + gradient) = 4.19 GB
+    assert choose_loss(8 * 2048, 32000, 2048, "gpu", True, memory_bytes=80 * 10**9) == "full"  # 5.0 GB share
+    assert choose_loss(8 * 2048, 32000, 2048, "gpu", True, memory_bytes=40 * 10**9) == "blocked"  # 2.5 GB share
+    assert choose_loss(16 * 64, 50257, 16, "gpu", True, memory_bytes=0) == "blocked"  # memory unknown: the safe loss

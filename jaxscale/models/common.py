@@ -46,10 +46,9 @@ def heads(cfg: ModelConfig) -> int:
 
 
 def attention_impl(cfg: ModelConfig) -> str:
-    """jax.nn.dot_product_attention's `implementation` for this process's first device."""
-    device = jax.devices()[0]
-    return choose_attention(cfg.attention, device.platform, getattr(device, "compute_capability", ""),
-                            cfg.dtype, cfg.d_model // heads(cfg))
+    """jax.nn.dot_product_attention's `implementation`: the config's, resolved for the devices by
+    jaxscale.runtime.resolve; "auto" left unresolved is XLA's, which runs everywhere."""
+    return "xla" if cfg.attention == "auto" else cfg.attention
 
 
 def choose_attention(attention: str, platform: str, compute_capability: str, dtype: str, head_dim: int) -> str:

@@ -1,0 +1,104 @@
+"""jaxscale.runtime: one start-up for every CLI; every `auto` resolved once, from the devices, into the run's record."""
+import dataclasses
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+from conftest import ROOT
+
+from jaxscale import runtime
+from jaxscale.config import ConfigError, ModelConfig, expand, load_raw
+
+TINYLLAMA = ROOT / "configs" / "tinyllama_tokens.toml"
+H100 = runtime.Hardware("gpu", "NVIDIA H100 80GB HBM3", "9.0", 80 * 10**9, 1, True)
+CPU = runtime.Hardware("cpu", "cpu", "", 0, 1, True)
+
+
+def tinyllama():
+    return expand(load_raw(TINYLLAMA))[0].config
+
+
+def test_expected_platform_follows_jax_platforms_then_the_driver(tmp_path):
+    assert runtime.expected_platform({"JAX_PLATFORMS": "cpu"}) == "cpu"
+    assert runtime.expected_platform({"JAX_PLATFORMS": "cuda,cpu"}) == "gpu"
+    assert runtime.expected_platform({}, nvidia_device=str(tmp_path / "none")) == "cpu"
+    if importlib.util.find_spec("jax_plugins.xla_cuda12"):  # plugin present and a driver node: a GPU is expected
+        (tmp_path / "nvidiactl").touch()
+        assert runtime.expected_platform({}, nvidia_device=str(tmp_path / "nvidiactl")) == "gpu"
+
+
+def test_tinyllama_on_an_h100_gets_cudnn_attention_and_full_logits():
+    config = tinyllama()
+    resolved = runtime.resolve(config, H100, 32000)
+    assert resolved.model.attention == "cudnn"  # bf16, head_dim 64, compute capability 9.0
+    # 16,384 tokens x 32,000 x 8 bytes = 4.19 GB <= 80 GB / 16
+    assert resolved.train.loss == "full"
+    assert runtime.choices(config, resolved) == {"model.attention": "cudnn", "train.loss": "full"}
+    on_a100_40 = runtime.resolve(config, dataclasses.replace(H100, memory_bytes=40 * 10**9, compute_capability="8.0"),
+                                 32000)
+    assert (on_a100_40.model.attention, on_a100_40.train.loss) == ("cudnn", "blocked")  # 2.5 GB share < 4.19 GB
+    on_cpu = runtime.resolve(config, CPU, 32000)
+    assert (on_cpu.model.attention, on_cpu.train.loss) == ("xla", "blocked")  # 2.1 GB of tiles: too many to store
+
+
+def test_explicit_choices_are_kept_and_cudnn_off_a_gpu_is_a_config_error():
+    config = tinyllama()
+    kept = dataclasses.replace(config, model=dataclasses.replace(config.model, attention="xla"),
+                               train=dataclasses.replace(config.train, loss="stored"))
+    assert runtime.resolve(kept, H100, 32000) == kept
+    assert runtime.choices(kept, kept) == {}
+    cudnn = dataclasses.replace(config, model=dataclasses.replace(config.model, attention="cudnn"))
+    with pytest.raises(ConfigError, match="model.attention = 'cudnn' needs an NVIDIA GPU"):
+        runtime.resolve(cudnn, CPU, 32000)
+
+
+def test_hardware_reads_the_devices():
+    import jax
+    hw = runtime.hardware(jax.devices("cpu"))
+    assert hw.platform == "cpu" and hw.compute_capability == "" and hw.n_devices == len(jax.devices("cpu"))
+    assert runtime.hardware(jax.devices("cpu"), memory_bytes=123).memory_bytes == 123
+
+
+def test_unresolved_auto_traces_the_portable_path():
+    from jaxscale.models.common import attention_impl
+    assert attention_impl(ModelConfig(attention="auto")) == "xla"
+    assert attention_impl(ModelConfig(attention="cudnn")) == "cudnn"
+
+
+START = ("import json, os, jax; from jaxscale import hostmem, runtime; p = runtime.start(); "
+         "print(json.dumps({'platform': p, 'retained': hostmem.retained(), 'xla_flags': os.environ.get('XLA_FLAGS', ''),"
+         " 'cache': jax.config.jax_compilation_cache_dir}))")
+
+
+@pytest.mark.parametrize("platforms", ["cpu", "cuda"])
+def test_start_turns_on_the_cache_and_tunes_only_a_cpu_process(platforms, tmp_path):
+    env = {**os.environ, "JAX_PLATFORMS": platforms, "JAXSCALE_CACHE": str(tmp_path), "XLA_FLAGS": ""}
+    code = START if platforms == "cpu" else START.replace("import jax;", "import jax; jax.config.update('jax_platforms', 'cpu');")
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    got = json.loads(out.stdout.strip().splitlines()[-1])
+    assert got["cache"] == str(tmp_path / "jax")
+    if platforms == "cpu":
+        assert got["platform"] == "cpu" and got["retained"] is True
+    else:  # a GPU process: glibc and XLA:CPU left as they are
+        assert got["platform"] == "gpu" and got["retained"] is False and got["xla_flags"] == ""
+
+
+def test_a_run_records_what_each_auto_became(tmp_path):
+    from jaxscale.train import main
+    out = tmp_path / "sweep"
+    assert main(["--config", str(ROOT / "configs" / "smoke.toml"), "--out", str(out), "--quiet",
+                 "train.tokens=2048"]) == 0
+    run_dirs = [p for p in out.iterdir() if (p / "summary.json").exists()]
+    assert len(run_dirs) == 2
+    for run_dir in run_dirs:
+        config = json.loads((run_dir / "config.json").read_text())
+        summary = json.loads((run_dir / "summary.json").read_text())
+        # on this CPU with freed memory kept (the CLI keeps it): d_model 16 and 32 store their 8 x 32 x 512 tiles
+        expected = {"model.attention": "xla", "train.loss": "stored"}
+        assert config["resolved"] == expected and summary["resolved"] == expected
+        assert config["model"]["attention"] == "xla" and config["train"]["loss"] == "stored"
+        assert (summary["attention"], summary["loss_mode"]) == ("xla", "stored")
