@@ -148,6 +148,8 @@ def shard_batch(batch, mesh: Mesh) -> jax.Array:
     shards = math.prod(mesh.shape[a] for a in BATCH)
     if global_shape[0] % shards:
         raise ConfigError(f"train.batch_size {global_shape[0]} is not a multiple of mesh data x fsdp = {shards}")
+    if count == 1:  # one process: a plain transfer (make_array_from_process_local_data costs ~0.5 ms more a step)
+        return jax.device_put(batch, batch_sharding(mesh))
     return jax.make_array_from_process_local_data(batch_sharding(mesh), batch, global_shape)
 
 

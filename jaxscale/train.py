@@ -133,7 +133,8 @@ def run_one(spec: RunSpec, data: Prepared, run_dir: Path, progress: Progress, st
 
     index, count = sharding.data_shard(mesh)
     batches = train_iterator(train_dataset(data.splits["train"], seq_len, train.batch_size, budget.steps, train.seed,
-                                           shard_index=index, shard_count=count))
+                                           shard_index=index, shard_count=count),
+                             place=functools.partial(sharding.shard_batch, mesh=mesh))
     held_out = [sharding.shard_batch(rows[index::count], mesh)
                 for rows in eval_batches(data.splits["valid"], seq_len, train.batch_size, train.eval_tokens)]
     state = init_state(model, train, budget.steps, seq_len, jax.random.key(train.seed), mesh=mesh)
@@ -206,29 +207,65 @@ def _train(run: Run, state, book: dict) -> dict:
 
     tokens_per_step = train.batch_size * seq_len
     failure = None
+
+    def at_boundary(step: int) -> bool:
+        """After this step the loop needs the state or the iterator as of the step (evaluation, a checkpoint,
+        a stop, the end): it waits for the step instead of queueing the next one."""
+        done = step + 1
+        return (done == budget.steps or bool(stop.received)
+                or bool(train.eval_every and done % train.eval_every == 0)
+                or bool(config.checkpoint.every and done % config.checkpoint.every == 0))
+
+    def record(step: int, metrics, busy_since: float, write: bool = True) -> float:
+        """Wait for `step`'s metrics (the device is busy with the next step meanwhile) and keep them (and
+        write their line, unless an evaluation is to join it); returns when the step was seen complete."""
+        nonlocal failure
+        loss, lr = map(float, jax.device_get((metrics["loss"], metrics["lr"])))
+        done_at = time.perf_counter()
+        step_s = done_at - busy_since
+        entry = {"step": step + 1, "loss": loss, "lr": lr, "step_s": round(step_s, 6),
+                 "tokens_per_s": round(tokens_per_step / step_s, 1), "energy_j": sampler.mark()}
+        if not math.isfinite(loss):
+            failure = (step + 1, f"loss became {loss} at step {step + 1}")
+        records.append(entry)
+        if write:
+            log.write(json.dumps(entry) + "\n")
+        run.progress.step(step + 1, budget.steps, loss, tokens_per_step / step_s)
+        run.heartbeat()
+        return done_at
+
     with open(run.run_dir / "metrics.jsonl" if sharding.is_writer() else os.devnull, "w") as log:
         log.writelines(json.dumps(r) + "\n" for r in records)
+        # One step in flight: step n+1 is dispatched and its batch placed before step n's metrics are awaited,
+        # so the device never waits on the host; step n's time and energy mark are taken when it is seen
+        # complete. Where the loop needs step n's own state (see at_boundary), it drains first.
+        pending = None  # (step, metrics) dispatched, not yet recorded
+        busy_since = time.perf_counter()
+        batch = next(batches) if len(records) < budget.steps else None
         for step in range(len(records), budget.steps):
-            batch = sharding.shard_batch(next(batches), mesh)
-            start = time.perf_counter()
+            dispatched_at = time.perf_counter()
             state, metrics = train_step(state, batch)
-            loss, lr = map(float, jax.device_get((metrics["loss"], metrics["lr"])))  # the sync that makes
-            step_s = time.perf_counter() - start  # step time and energy honest: the step's outputs are ready
-            record = {"step": step + 1, "loss": loss, "lr": lr, "step_s": round(step_s, 6),
-                      "tokens_per_s": round(tokens_per_step / step_s, 1), "energy_j": sampler.mark()}
-            if not math.isfinite(loss):
-                failure = (step + 1, f"loss became {loss} at step {step + 1}")
-            elif train.eval_every and (step + 1) % train.eval_every == 0 and step + 1 < budget.steps:
+            boundary = at_boundary(step)
+            if not boundary:
+                batch = next(batches)
+            if pending:
+                busy_since = record(*pending, busy_since)
+                if failure:
+                    break
+            busy_since = max(busy_since, dispatched_at)
+            pending = (step, metrics)
+            if not boundary:
+                continue
+            busy_since = record(*pending, busy_since, write=False)
+            pending = None
+            if not failure and train.eval_every and (step + 1) % train.eval_every == 0 and step + 1 < budget.steps:
                 t0 = time.perf_counter()
                 with sampler.window("eval"):
-                    record["eval_loss"] = evaluate(eval_step, state.params, held_out)
+                    records[-1]["eval_loss"] = evaluate(eval_step, state.params, held_out)
                 book["eval_s"] += time.perf_counter() - t0
-            records.append(record)
-            log.write(json.dumps(record) + "\n")
+            log.write(json.dumps(records[-1]) + "\n")
             if failure:
                 break
-            run.progress.step(step + 1, budget.steps, loss, tokens_per_step / step_s)
-            run.heartbeat()
             if stop.received:
                 log.flush()
                 book["energy"].append(sampler.stop().as_row())
@@ -238,6 +275,9 @@ def _train(run: Run, state, book: dict) -> dict:
                                   "checkpoint saved")
             if config.checkpoint.every and (step + 1) % config.checkpoint.every == 0 and step + 1 < budget.steps:
                 save(step + 1)
+            if step + 1 < budget.steps:
+                batch = next(batches)
+            busy_since = time.perf_counter()
 
     summary = {
         "run_id": spec.run_id, "model": cfg.label, "d_model": cfg.d_model, "d_mlp": cfg.d_mlp, "n_layers": cfg.n_layers,
