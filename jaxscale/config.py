@@ -48,7 +48,7 @@ class ModelConfig:
     dtype: str = "float32"  # compute dtype: float32 | bfloat16 (parameters stay float32)
     attention: str = "auto"  # auto (cuDNN's fused attention on bf16 GPUs where it runs, else XLA's) | xla | cudnn
     # What the backward pass recomputes of each block: none | full (all of it) | dots (keeps the matmul
-    # outputs) | mlp (keeps the MLP's gate and up outputs, recomputes attention) | auto (resolved by the
+    # and fused attention outputs) | mlp (keeps the MLP's gate and up outputs, recomputes attention) | auto (resolved by the
     # runtime before the model is built). true/false in old configs mean full/none.
     remat: str = "none"
     scan_layers: bool = True  # llama: one nn.scan over the blocks (params stacked on a "layers" axis)

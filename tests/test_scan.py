@@ -143,3 +143,16 @@ def test_remat_accepts_old_booleans_and_rejects_unknown_policies():
     with pytest.raises(ValueError, match="resolved before the model is built"):
         build_model(dataclasses.replace(SCANNED, remat="auto"), VOCAB, SEQ).init(
             jax.random.key(0), jnp.zeros((1, SEQ), jnp.int32))
+
+
+@pytest.mark.parametrize("policy, forward_kernels", [("none", 1), ("full", 2), ("dots", 1)])
+def test_dots_keeps_the_fused_attention(weights, monkeypatch, policy, forward_kernels):
+    """With cuDNN's attention (traced here, not run), "dots" keeps its output instead of re-running the kernel."""
+    import jaxscale.models.llama as llama
+    monkeypatch.setattr(llama, "attention_impl", lambda cfg: "cudnn")
+    params, batch = weights
+    model = build_model(dataclasses.replace(SCANNED, remat=policy, dtype="bfloat16"), VOCAB, SEQ)
+    grad = jax.grad(lambda p: loss_fn(model, TRAIN, p, batch))
+    jaxpr = str(jax.make_jaxpr(grad)(stack_blocks(params)))
+    assert jaxpr.count("dot_product_attention_fwd_wrapper[") == forward_kernels
+    assert jaxpr.count("dot_product_attention_bwd_wrapper[") == 1

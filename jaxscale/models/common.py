@@ -42,13 +42,18 @@ EMBEDDING_PARAMS = ("tok_embed", "pos_embed", "lm_head")
 SCANNED = "blocks"  # the scanned Llama's stacked blocks: every parameter under it has a leading layer axis
 MLP_HIDDEN = "mlp_hidden"  # checkpoint_name of the MLP's first projections, kept by remat "mlp"
 
+def _dots_and_fused_attention(prim, *args, **params) -> bool:
+    """Matmuls without batch dimensions (the projections q, k, v, o, gate, up) and the fused (cuDNN)
+    attention's output and softmax statistics, all linear in T. dots_saveable would also keep the
+    [batch, heads, T, T] scores of XLA's attention (batched matmuls): the quadratic memory remat is for."""
+    return (jax.checkpoint_policies.dots_with_no_batch_dims_saveable(prim, *args, **params)
+            or prim.name == "dot_product_attention_fwd_wrapper")  # else its backward re-runs the forward kernel
+
+
 # model.remat -> what jax.checkpoint keeps (None: nothing, the whole block is recomputed).
-# "dots" keeps matmul outputs without batch dimensions: the projections q, k, v, o, gate and up, but
-# not attention's [batch, heads, T, T] scores (dots_saveable would keep those too where XLA computes
-# attention as batched matmuls: the quadratic memory that remat is for).
 REMAT_POLICIES = {
     "full": None,
-    "dots": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+    "dots": _dots_and_fused_attention,
     "mlp": jax.checkpoint_policies.save_only_these_names(MLP_HIDDEN),
 }
 
