@@ -47,7 +47,11 @@ class ModelConfig:
     tie_embeddings: bool = True  # tiny only; llama is untied
     dtype: str = "float32"  # compute dtype: float32 | bfloat16 (parameters stay float32)
     attention: str = "auto"  # auto (cuDNN's fused attention on bf16 GPUs where it runs, else XLA's) | xla | cudnn
-    remat: bool = False  # rematerialise each block's activations in the backward pass
+    # What the backward pass recomputes of each block: none | full (all of it) | dots (keeps the matmul
+    # and fused attention outputs) | mlp (keeps the MLP's gate and up outputs, recomputes attention) | auto (resolved by the
+    # runtime before the model is built). true/false in old configs mean full/none.
+    remat: str = "none"
+    scan_layers: bool = True  # llama: one nn.scan over the blocks (params stacked on a "layers" axis)
 
     @property
     def label(self) -> str:
@@ -128,6 +132,7 @@ _CHOICES = {
     "model.arch": ("tiny", "llama"),
     "model.dtype": ("float32", "bfloat16"),
     "model.attention": ("auto", "xla", "cudnn"),
+    "model.remat": ("none", "full", "dots", "mlp", "auto"),
     "sweep.order": ("sequential", "random"),
     "train.loss": ("auto", "blocked", "stored", "full"),
     "energy.meter": ("auto", "nvml", "rapl", "none"),
@@ -143,7 +148,12 @@ def _field_types(cls: type) -> dict[str, type]:
     return {f.name: hints[f.name] for f in dataclasses.fields(cls)}
 
 
+_LEGACY_BOOLS = {"model.remat": {True: "full", False: "none"}}  # keys that were booleans once
+
+
 def _coerce(key: str, value, typ: type):
+    if isinstance(value, bool) and key in _LEGACY_BOOLS:
+        return _LEGACY_BOOLS[key][value]
     if typ is bool:
         if isinstance(value, bool):
             return value

@@ -68,8 +68,9 @@ def activation_bytes(cfg, tokens: int, seq_len: int, tensor: int) -> tuple[int, 
         per_token = 4 * d + (3 * d + 3 * kv) / tensor + 4 * m / tensor
     else:  # LayerNorm in/out x2; q, k, v, attention out; MLP in and GELU out
         per_token = 4 * d + 4 * d / tensor + 2 * m / tensor
-    kept_layers = 1 if cfg.remat else cfg.n_layers  # remat: block inputs only, one block recomputed at a time
-    saved = tokens * itemsize * (per_token * kept_layers + (cfg.n_layers * d if cfg.remat else 0))
+    full = cfg.remat == "full"  # "dots" and "mlp" are estimated as "none": an upper bound
+    kept_layers = 1 if full else cfg.n_layers  # remat: block inputs only, one block recomputed at a time
+    saved = tokens * itemsize * (per_token * kept_layers + (cfg.n_layers * d if full else 0))
     probs = tokens * kept_layers * 2 * (n_heads / tensor) * seq_len * 4
     return int(saved), int(probs)
 

@@ -31,6 +31,7 @@ RULES = (
     ("kv_heads", "tensor"),
     ("head_dim", None),
     ("norm", None),
+    ("layers", None),  # the scanned Llama's stacked blocks: every device holds every layer (of its shards)
     ("act_batch", BATCH),
     ("act_len", None),
     ("act_embed", None),

@@ -17,6 +17,7 @@ import optax
 from jaxscale import sharding
 from jaxscale.config import TrainConfig
 from jaxscale.loss import cross_entropy
+from jaxscale.models.common import stacked_axes
 
 
 @flax.struct.dataclass
@@ -44,7 +45,8 @@ def learning_rate(step, schedule):
 
 def optimizer(train: TrainConfig) -> optax.GradientTransformation:
     """AdamW without its learning rate (applied by the step): clip, Adam, decoupled decay on matrices."""
-    decay_mask = lambda params: jax.tree.map(lambda p: p.ndim >= 2, params)  # noqa: E731
+    decay_mask = lambda params: jax.tree_util.tree_map_with_path(  # noqa: E731
+        lambda path, p: p.ndim - stacked_axes(path) >= 2, params)  # a scanned model's [layers, d] norms are vectors
     parts = [optax.scale_by_adam(b1=train.beta1, b2=train.beta2), optax.add_decayed_weights(train.weight_decay, decay_mask)]
     if train.grad_clip > 0:
         parts.insert(0, clip_by_global_norm(train.grad_clip))

@@ -1,6 +1,7 @@
 """The Llama: TinyLlama-1.1B's exact shape and parameter count, a forward pass checked against an
 independent numpy implementation, RoPE's relative-position property, causality, remat, bf16, and the
-real TinyLlama tokenizer's vocabulary feeding the output layer."""
+real TinyLlama tokenizer's vocabulary feeding the output layer. The scanned layers against the unrolled
+ones, and the remat policies: tests/test_scan.py."""
 import dataclasses
 
 import jax
@@ -12,7 +13,7 @@ from conftest import LLAMA_TOKENIZER, ROOT, needs_shared
 from jaxscale.config import ModelConfig, expand, load_raw
 from jaxscale.models import build_model, count_params
 from jaxscale.models.common import abstract_params
-from jaxscale.models.llama import rope
+from jaxscale.models.llama import rope, stack_blocks
 
 TINYLLAMA = ModelConfig(arch="llama", n_layers=22, d_model=2048, n_heads=32, n_kv_heads=4, d_mlp=5632,
                         rope_theta=10_000.0, norm_eps=1e-5, dtype="bfloat16")
@@ -32,17 +33,18 @@ def test_tinyllama_has_exactly_1_100_048_384_parameters():
 
 def test_tinyllama_layer_shapes_match_the_published_architecture(tinyllama_shapes):
     p = tinyllama_shapes
-    assert sorted(k for k in p if k.startswith("block_")) == sorted(f"block_{i}" for i in range(22))
+    assert sorted(p) == ["blocks", "lm_head", "norm", "tok_embed"]  # the 22 blocks scanned: stacked on axis 0
     assert p["tok_embed"] == p["lm_head"] == (32_000, 2048)
     assert p["norm"]["scale"] == (2048,)
-    for i in range(22):
-        attn, mlp = p[f"block_{i}"]["attn"], p[f"block_{i}"]["mlp"]
-        assert attn["q"]["kernel"] == (2048, 32, 64)  # 2048 -> 32 heads x 64 = 2048
-        assert attn["k"]["kernel"] == attn["v"]["kernel"] == (2048, 4, 64)  # 4 KV heads of 64: 2048 -> 256
-        assert attn["o"]["kernel"] == (32, 64, 2048)
-        assert mlp["gate"]["kernel"] == mlp["up"]["kernel"] == (2048, 5632)
-        assert mlp["down"]["kernel"] == (5632, 2048)
-        assert p[f"block_{i}"]["attn_norm"]["scale"] == p[f"block_{i}"]["mlp_norm"]["scale"] == (2048,)
+    attn, mlp = p["blocks"]["attn"], p["blocks"]["mlp"]
+    assert attn["q"]["kernel"] == (22, 2048, 32, 64)  # 2048 -> 32 heads x 64 = 2048
+    assert attn["k"]["kernel"] == attn["v"]["kernel"] == (22, 2048, 4, 64)  # 4 KV heads of 64: 2048 -> 256
+    assert attn["o"]["kernel"] == (22, 32, 64, 2048)
+    assert mlp["gate"]["kernel"] == mlp["up"]["kernel"] == (22, 2048, 5632)
+    assert mlp["down"]["kernel"] == (22, 5632, 2048)
+    assert p["blocks"]["attn_norm"]["scale"] == p["blocks"]["mlp_norm"]["scale"] == (22, 2048)
+    unrolled = abstract_params(dataclasses.replace(TINYLLAMA, scan_layers=False), 32_000, 2048)
+    assert jax.tree.map(lambda x: x.shape, jax.eval_shape(stack_blocks, unrolled)) == p
     biases = [path for path, _ in jax.tree_util.tree_flatten_with_path(p, is_leaf=lambda x: isinstance(x, tuple))[0]
               if "bias" in jax.tree_util.keystr(path)]
     assert biases == []
@@ -98,7 +100,8 @@ def np_llama(p, tokens, cfg):
 
 @pytest.fixture(scope="module")
 def small():
-    """The small Llama, numpy weights of its abstract shapes (no init to compile) and its jitted forward."""
+    """The small (scanned) Llama, numpy weights of its abstract shapes (no init to compile) in the stacked
+    layout, the same weights unrolled as the numpy reference reads them, and its jitted forward."""
     model = build_model(SMALL, 50, 8)
     tokens = jax.random.randint(jax.random.key(0), (2, 8), 0, 50)
     rng = np.random.default_rng(0)
@@ -108,15 +111,16 @@ def small():
             return rng.uniform(0.5, 1.5, x.shape).astype(np.float32)
         return rng.normal(0, 0.3, x.shape).astype(np.float32)
 
-    params = jax.tree_util.tree_map_with_path(weight, abstract_params(SMALL, 50, 8))
-    return model, params, tokens, jax.jit(model.apply)
+    shapes = abstract_params(dataclasses.replace(SMALL, scan_layers=False), 50, 8)
+    unrolled = jax.tree_util.tree_map_with_path(weight, shapes)
+    return model, stack_blocks(unrolled), unrolled, tokens, jax.jit(model.apply)
 
 
 def test_forward_matches_an_independent_numpy_llama(small):
-    model, params, tokens, apply = small
+    model, params, unrolled, tokens, apply = small
     hidden, unembed = apply({"params": params}, tokens)
     for row in range(tokens.shape[0]):
-        expected = np_llama(jax.tree.map(lambda x: x.astype(np.float64), params), np.asarray(tokens[row]), SMALL)
+        expected = np_llama(jax.tree.map(lambda x: x.astype(np.float64), unrolled), np.asarray(tokens[row]), SMALL)
         np.testing.assert_allclose(np.asarray(hidden[row]), expected, rtol=2e-4, atol=2e-4)
     np.testing.assert_array_equal(np.asarray(unembed), params["lm_head"])
 
@@ -135,19 +139,18 @@ def test_rope_scores_depend_only_on_relative_position():
 
 
 def test_causal_and_remat_and_bf16(small):
-    model, params, tokens, apply = small
+    model, params, unrolled, tokens, apply = small
     changed = tokens.at[0, 5].set((tokens[0, 5] + 1) % 50)
     h1, _ = apply({"params": params}, tokens)
     h2, _ = apply({"params": params}, changed)
     np.testing.assert_array_equal(h1[0, :5], h2[0, :5])
     assert not np.allclose(h1[0, 5:], h2[0, 5:])
 
-    one_layer = {k: v for k, v in params.items() if k != "block_1"}
-    grad = lambda remat: jax.jit(jax.grad(lambda p: jnp.sum(build_model(  # noqa: E731
-        dataclasses.replace(SMALL, n_layers=1, remat=remat), 50, 8).apply({"params": p}, tokens)[0] ** 2)))(one_layer)
-    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6), grad(False), grad(True))
-    remat = build_model(dataclasses.replace(SMALL, n_layers=1, remat=True), 50, 8)
-    assert "remat" in str(jax.make_jaxpr(lambda p: remat.apply({"params": p}, tokens))(one_layer))
+    for scan, p in ((True, params), (False, unrolled)):  # remat is applied (its gradients: tests/test_scan.py)
+        for policy in ("none", "full"):
+            remat = build_model(dataclasses.replace(SMALL, scan_layers=scan, remat=policy), 50, 8)
+            jaxpr = str(jax.make_jaxpr(jax.grad(lambda p: jnp.sum(remat.apply({"params": p}, tokens)[0])))(p))
+            assert ("checkpoint" in jaxpr or "remat" in jaxpr) == (policy == "full")
 
     bf16 = build_model(dataclasses.replace(SMALL, dtype="bfloat16"), 50, 8)
     hidden, unembed = jax.jit(bf16.apply)({"params": params}, tokens)

@@ -53,7 +53,7 @@ def test_activation_estimate_shrinks_with_remat_tensor_and_fewer_tokens():
     # bf16: 22 layers x (4 d + 3 d + 3 kv + 4 mlp) values a token
     assert saved == 16384 * 2 * 22 * (7 * 2048 + 3 * 256 + 4 * 5632)
     assert probs == 16384 * 22 * 2 * 32 * 2048 * 4
-    remat, _ = activation_bytes(ModelConfig(**{**cfg.__dict__, "remat": True}), 16384, 2048, tensor=1)
+    remat, _ = activation_bytes(ModelConfig(**{**cfg.__dict__, "remat": "full"}), 16384, 2048, tensor=1)
     assert remat < saved / 10
     assert activation_bytes(cfg, 16384, 2048, tensor=2)[0] < saved
     assert activation_bytes(cfg, 8192, 2048, tensor=1)[0] == pytest.approx(saved / 2)

@@ -22,7 +22,7 @@ from jaxscale.step import compiled_steps, init_state, state_shardings, step_key
 
 MESHES = [(8, 1, 1), (2, 4, 1), (2, 2, 2)]
 STEPS, BATCH, SEQ, VOCAB = 10, 8, 32, 256
-MODEL = ModelConfig(arch="llama", d_model=64, n_layers=1, n_heads=4, n_kv_heads=2, d_mlp=128)
+MODEL = ModelConfig(arch="llama", d_model=64, n_layers=2, n_heads=4, n_kv_heads=2, d_mlp=128)  # scanned
 TRAIN = TrainConfig(lr=1e-2, warmup_frac=0.2, loss="blocked", loss_chunk=128)  # 256 tokens a batch: the blocked loss
 STORED = dataclasses.replace(TRAIN, loss="stored")
 # Unoptimised XLA CPU code compiles ~4x faster; every run in a worker uses the same flags.
@@ -53,12 +53,13 @@ def train_losses(mesh, state, train=TRAIN):
 
 
 def describe(state, batch) -> dict:
-    """Sharding specs and per-device shard shapes of a few arrays."""
+    """Sharding specs and per-device shard shapes of a few arrays; the blocks' are stacked [layers, ...]."""
     p = state.params
     mu = state.opt_state[1].mu  # chain(clip, adam, decay): Adam's first moment
-    arrays = {"q": p["block_0"]["attn"]["q"]["kernel"], "k": p["block_0"]["attn"]["k"]["kernel"],
-              "down": p["block_0"]["mlp"]["down"]["kernel"], "lm_head": p["lm_head"], "norm": p["norm"]["scale"],
-              "mu_lm_head": mu["lm_head"], "mu_q": mu["block_0"]["attn"]["q"]["kernel"], "batch": batch}
+    arrays = {"q": p["blocks"]["attn"]["q"]["kernel"], "k": p["blocks"]["attn"]["k"]["kernel"],
+              "down": p["blocks"]["mlp"]["down"]["kernel"], "lm_head": p["lm_head"], "norm": p["norm"]["scale"],
+              "block_norm": p["blocks"]["mlp_norm"]["scale"], "mu_lm_head": mu["lm_head"],
+              "mu_q": mu["blocks"]["attn"]["q"]["kernel"], "batch": batch}
     return {name: {"spec": [list(a) if isinstance(a, tuple) else a for a in x.sharding.spec],
                    "shard": list(x.addressable_shards[0].data.shape)} for name, x in arrays.items()}
 
@@ -128,24 +129,25 @@ def test_sharded_init_equals_single_device_init(eight_devices):
 
 
 def test_parameters_and_optimizer_state_are_really_sharded(eight_devices):
-    d, heads, kv, head_dim, mlp = 64, 4, 2, 16, 128
+    layers, d, heads, kv, head_dim, mlp = MODEL.n_layers, 64, 4, 2, 16, 128  # the stacked layer axis: never split
     pure_data = eight_devices[str((8, 1, 1))]["arrays"]
-    assert pure_data["q"]["shard"] == [d, heads, head_dim]  # replicated: each device holds it whole
+    assert pure_data["q"]["shard"] == [layers, d, heads, head_dim]  # replicated: each device holds it whole
     assert pure_data["batch"]["spec"] == [["data", "fsdp"]] and pure_data["batch"]["shard"] == [1, SEQ + 1]
 
     fsdp = eight_devices[str((2, 4, 1))]["arrays"]
-    assert fsdp["q"]["spec"][0] == "fsdp" and fsdp["q"]["shard"] == [d // 4, heads, head_dim]
+    assert fsdp["q"]["spec"][:2] == [None, "fsdp"] and fsdp["q"]["shard"] == [layers, d // 4, heads, head_dim]
     assert fsdp["lm_head"]["shard"] == [VOCAB, d // 4]
     assert fsdp["mu_lm_head"]["shard"] == [VOCAB, d // 4]
-    assert fsdp["down"]["shard"] == [mlp, d // 4]
+    assert fsdp["down"]["shard"] == [layers, mlp, d // 4]
 
     both = eight_devices[str((2, 2, 2))]["arrays"]
-    assert both["q"]["spec"] == ["fsdp", "tensor", None] and both["q"]["shard"] == [d // 2, heads // 2, head_dim]
-    assert both["k"]["shard"] == [d // 2, kv // 2, head_dim]
-    assert both["down"]["spec"] == ["tensor", "fsdp"] and both["down"]["shard"] == [mlp // 2, d // 2]
+    assert both["q"]["spec"] == [None, "fsdp", "tensor", None]
+    assert both["q"]["shard"] == [layers, d // 2, heads // 2, head_dim]
+    assert both["k"]["shard"] == [layers, d // 2, kv // 2, head_dim]
+    assert both["down"]["spec"] == [None, "tensor", "fsdp"] and both["down"]["shard"] == [layers, mlp // 2, d // 2]
     assert both["lm_head"]["spec"] == ["tensor", "fsdp"] and both["lm_head"]["shard"] == [VOCAB // 2, d // 2]
     assert both["mu_q"]["shard"] == both["q"]["shard"]
-    assert both["norm"]["shard"] == [d]  # norms replicated
+    assert both["norm"]["shard"] == [d] and both["block_norm"]["shard"] == [layers, d]  # norms replicated
     assert both["batch"]["shard"] == [BATCH // 4, SEQ + 1]
 
 

@@ -10,6 +10,7 @@ import pytest
 
 from jaxscale.config import ModelConfig, TrainConfig
 from jaxscale.models import build_model
+from jaxscale.models.llama import unstack_blocks
 from jaxscale.step import compiled_steps, init_state, loss_fn, step_key
 
 from conftest import ROOT
@@ -33,6 +34,11 @@ MODELS = {
 TRAIN = TrainConfig(lr=3e-3, warmup_frac=0.25, loss="blocked", loss_chunk=1024)
 
 
+def load(tm, cfg, params):
+    """The PyTorch twin holding jaxscale's weights; it reads the unrolled layout (block_0, block_1, ...)."""
+    return tm.load_jax_params(tm.build_model(cfg, VOCAB, SEQ), unstack_blocks(params) if "blocks" in params else params)
+
+
 def batches():
     return np.random.default_rng(0).integers(0, VOCAB, (STEPS, BATCH, SEQ + 1)).astype(np.int32)
 
@@ -47,7 +53,7 @@ def test_same_loss_from_the_same_weights(name):
     jax_loss = float(loss_fn(model, TRAIN, state.params, batch))
     jax_plain = float(loss_fn(model, dataclasses.replace(TRAIN, loss="full"), state.params, batch))
 
-    twin = tm.load_jax_params(tm.build_model(cfg, VOCAB, SEQ), state.params)
+    twin = load(tm, cfg, state.params)
     tokens = torch.from_numpy(batch).long()
     with torch.no_grad():
         torch_loss = float(twin(tokens[:, :-1], tokens[:, 1:]))
@@ -63,7 +69,7 @@ def test_same_losses_over_adamw_steps(name):
     model = build_model(cfg, VOCAB, SEQ)
     state = init_state(model, TRAIN, STEPS, SEQ, jax.random.key(1))
     step, _ = compiled_steps(model, step_key(TRAIN))
-    twin = tm.load_jax_params(tm.build_model(cfg, VOCAB, SEQ), state.params)
+    twin = load(tm, cfg, state.params)
     opt = tm.optimizer(twin, TRAIN)
     jax_losses, torch_losses = [], []
     for i, batch in enumerate([batches()[0]] * STEPS):  # one batch again and again: the loss must fall

@@ -39,6 +39,40 @@ def count_params(cfg: ModelConfig, vocab_size: int, seq_len: int) -> tuple[int, 
 
 
 EMBEDDING_PARAMS = ("tok_embed", "pos_embed", "lm_head")
+SCANNED = "blocks"  # the scanned Llama's stacked blocks: every parameter under it has a leading layer axis
+MLP_HIDDEN = "mlp_hidden"  # checkpoint_name of the MLP's first projections, kept by remat "mlp"
+
+def _dots_and_fused_attention(prim, *args, **params) -> bool:
+    """Matmuls without batch dimensions (the projections q, k, v, o, gate, up) and the fused (cuDNN)
+    attention's output and softmax statistics, all linear in T. dots_saveable would also keep the
+    [batch, heads, T, T] scores of XLA's attention (batched matmuls): the quadratic memory remat is for."""
+    return (jax.checkpoint_policies.dots_with_no_batch_dims_saveable(prim, *args, **params)
+            or prim.name == "dot_product_attention_fwd_wrapper")  # else its backward re-runs the forward kernel
+
+
+# model.remat -> what jax.checkpoint keeps (None: nothing, the whole block is recomputed).
+REMAT_POLICIES = {
+    "full": None,
+    "dots": _dots_and_fused_attention,
+    "mlp": jax.checkpoint_policies.save_only_these_names(MLP_HIDDEN),
+}
+
+
+def remat(block: type[nn.Module], policy: str, scanned: bool = False) -> type[nn.Module]:
+    """`block` recomputed in the backward pass as `policy` (model.remat) says. Under nn.scan the loop
+    already keeps XLA from merging the recomputation with the forward pass, so prevent_cse is off there."""
+    if policy == "none":
+        return block
+    if policy not in REMAT_POLICIES:
+        raise ValueError(f"model.remat = {policy!r}: the model needs one of none, {', '.join(REMAT_POLICIES)}"
+                         + ("; 'auto' must be resolved before the model is built" if policy == "auto" else ""))
+    return nn.remat(block, policy=REMAT_POLICIES[policy], prevent_cse=not scanned)
+
+
+def stacked_axes(path) -> int:
+    """Leading layer axes of the parameter at `path` (a jax key path): 1 in the scanned Llama's blocks."""
+    first = path[0] if path else None
+    return int(getattr(first, "key", None) == SCANNED)
 
 
 def heads(cfg: ModelConfig) -> int:

@@ -3,16 +3,18 @@ SwiGLU MLP, untied embeddings, no biases. Parameters are float32; compute runs i
 
 Every parameter carries logical axis names (jaxscale.sharding.RULES map them onto the mesh);
 activations are pinned by name too, which does nothing unless a step is traced under the rules
-(jaxscale.sharding.in_mesh).
+(jaxscale.sharding.in_mesh). With `cfg.scan_layers` the blocks are one nn.scan: their parameters live
+under `blocks`, stacked on a leading "layers" axis (stack_blocks / unstack_blocks convert the layouts).
 """
 from __future__ import annotations
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+from jax.ad_checkpoint import checkpoint_name
 
 from jaxscale.config import ModelConfig
-from jaxscale.models.common import attention_impl, heads
+from jaxscale.models.common import MLP_HIDDEN, SCANNED, attention_impl, heads, remat
 from jaxscale.sharding import constrain
 
 INIT_STD = 0.02  # Llama's initializer_range
@@ -85,22 +87,37 @@ class MLP(nn.Module):
         cfg = self.cfg
         dtype = jnp.dtype(cfg.dtype)
         d, m = cfg.d_model, cfg.d_mlp
-        gate = Linear((d, m), ("embed", "mlp"), dtype, name="gate")(x)
-        up = Linear((d, m), ("embed", "mlp"), dtype, name="up")(x)
+        gate = checkpoint_name(Linear((d, m), ("embed", "mlp"), dtype, name="gate")(x), MLP_HIDDEN)
+        up = checkpoint_name(Linear((d, m), ("embed", "mlp"), dtype, name="up")(x), MLP_HIDDEN)
         h = constrain(nn.silu(gate) * up, ("act_batch", "act_len", "act_mlp"))
         return Linear((m, d), ("mlp", "embed"), dtype, name="down")(h)
 
 
 class Block(nn.Module):
     cfg: ModelConfig
+    scanned: bool = False  # the body of nn.scan: (carry, _) -> (carry, None)
 
     @nn.compact
-    def __call__(self, x):
+    def __call__(self, x, _=None):
         cfg = self.cfg
         dtype = jnp.dtype(cfg.dtype)
         x = x + Attention(cfg, name="attn")(RMSNorm(cfg.norm_eps, dtype, name="attn_norm")(x))
         x = x + MLP(cfg, name="mlp")(RMSNorm(cfg.norm_eps, dtype, name="mlp_norm")(x))
-        return constrain(x, ("act_batch", "act_len", "act_embed"))
+        x = constrain(x, ("act_batch", "act_len", "act_embed"))
+        return (x, None) if self.scanned else x
+
+
+def blocks(cfg: ModelConfig, x):
+    """The n_layers blocks: one nn.scan over a block whose parameters are stacked on a leading "layers"
+    axis (compiled once, whatever the depth), or an unrolled loop of block_0 ... block_{n-1}."""
+    if not cfg.scan_layers:
+        block = remat(Block, cfg.remat)
+        for i in range(cfg.n_layers):
+            x = block(cfg, name=f"block_{i}")(x)
+        return x
+    stack = nn.scan(remat(Block, cfg.remat, scanned=True), variable_axes={"params": 0}, split_rngs={"params": True},
+                    length=cfg.n_layers, metadata_params={nn.PARTITION_NAME: "layers"})
+    return stack(cfg, scanned=True, name=SCANNED)(x, None)[0]
 
 
 class Llama(nn.Module):
@@ -116,9 +133,22 @@ class Llama(nn.Module):
         # Gather the table's fsdp shards before the lookup (the gather cannot follow the batch split).
         x = jnp.take(constrain(embed, ("vocab", None)), tokens, axis=0).astype(dtype)
         x = constrain(x, ("act_batch", "act_len", "act_embed"))
-        block = nn.remat(Block) if cfg.remat else Block
-        for i in range(cfg.n_layers):
-            x = block(cfg, name=f"block_{i}")(x)
+        x = blocks(cfg, x)
         x = RMSNorm(cfg.norm_eps, dtype, name="norm")(x)
         lm_head = self.param("lm_head", _init(("vocab", "embed")), (self.vocab_size, cfg.d_model))
         return x, constrain(lm_head, ("vocab", None)).astype(dtype)  # whole rows for the loss, as for the lookup
+
+
+def stack_blocks(params):
+    """Unrolled parameters (block_0 ... block_{n-1}) -> the scanned layout (`blocks`, stacked on axis 0)."""
+    names = sorted((k for k in params if k.startswith("block_")), key=lambda k: int(k.removeprefix("block_")))
+    rest = {k: v for k, v in params.items() if k not in names}
+    return {**rest, SCANNED: jax.tree.map(lambda *layers: jnp.stack(layers), *(params[k] for k in names))}
+
+
+def unstack_blocks(params):
+    """The scanned layout -> unrolled parameters; the inverse of stack_blocks."""
+    stacked = params[SCANNED]
+    n_layers = jax.tree.leaves(stacked)[0].shape[0]
+    rest = {k: v for k, v in params.items() if k != SCANNED}
+    return {**rest, **{f"block_{i}": jax.tree.map(lambda x, i=i: x[i], stacked) for i in range(n_layers)}}

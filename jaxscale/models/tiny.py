@@ -5,9 +5,10 @@ from __future__ import annotations
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+from jax.ad_checkpoint import checkpoint_name
 
 from jaxscale.config import ModelConfig
-from jaxscale.models.common import attention_impl, heads
+from jaxscale.models.common import MLP_HIDDEN, attention_impl, heads, remat
 
 INIT = nn.initializers.normal(stddev=0.02)
 
@@ -35,7 +36,7 @@ class Block(nn.Module):
         x = x + nn.DenseGeneral(d, axis=(-2, -1), dtype=dtype, kernel_init=out_init, name="attn_out")(att)
 
         h = nn.LayerNorm(dtype=dtype, name="ln_mlp")(x)
-        h = nn.gelu(nn.Dense(cfg.d_mlp, dtype=dtype, kernel_init=INIT, name="mlp_in")(h))
+        h = nn.gelu(checkpoint_name(nn.Dense(cfg.d_mlp, dtype=dtype, kernel_init=INIT, name="mlp_in")(h), MLP_HIDDEN))
         return x + nn.Dense(d, dtype=dtype, kernel_init=out_init, name="mlp_out")(h)
 
 
@@ -52,7 +53,7 @@ class TinyTransformer(nn.Module):
         pos = self.param("pos_embed", INIT, (self.seq_len, cfg.d_model))
         x = (embed(tokens) + pos[: tokens.shape[1]]).astype(dtype)
         x = x.reshape(-1, cfg.d_model)
-        block = nn.remat(Block) if cfg.remat else Block
+        block = remat(Block, cfg.remat)
         for i in range(cfg.n_layers):
             x = block(cfg, tokens.shape[1], name=f"block_{i}")(x)
         x = nn.LayerNorm(dtype=dtype, name="ln_final")(x).reshape(*tokens.shape, cfg.d_model)
