@@ -1,0 +1,105 @@
+"""benchmarks/gpu_check.py at toy sizes on the CPU, so the GPU acceptance check cannot rot between GPU loans:
+the report's structure, the MFU against an independent count, the energy section without NVML and over the
+scripted NVML stand-in, and the targets' verdicts."""
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+import gpu_check  # noqa: E402
+from jaxscale.energy.scripted_nvml import ScriptedGPU, ScriptedNVML, constant  # noqa: E402
+
+HAS_TORCH = importlib.util.find_spec("torch") is not None
+
+
+@pytest.fixture(scope="module")
+def toy_report(tmp_path_factory):
+    out = tmp_path_factory.mktemp("gpu_check")
+    env = dict(os.environ, JAX_PLATFORMS="cpu")
+    subprocess.run([sys.executable, str(ROOT / "benchmarks" / "gpu_check.py"), "--toy", "--out", str(out)],
+                   check=True, env=env, cwd=ROOT, timeout=300)
+    return json.loads((out / "cpu-toy.json").read_text()), (out / "cpu-toy.md").read_text()
+
+
+def test_toy_report_is_labelled_and_has_every_section(toy_report):
+    report, md = toy_report
+    assert report["toy"] and "TOY RUN" in report["label"] and "TOY RUN" in md
+    assert report["machine"]["backend"] == "cpu" and report["versions"]["jax"]
+    assert list(report["sections"]) == ["tinyllama", "attention", "energy", "tiny_grid"]
+    for name in ("tinyllama", "attention", "tiny_grid"):
+        assert report["sections"][name]["status"] == "ok", report["sections"][name]
+    for title in gpu_check.TITLES.values():
+        assert title in md
+    assert all(t["met"] is None and "toy" in t["note"] for t in report["targets"])  # no verdict from a toy
+
+
+def test_mfu_matches_an_independent_count(toy_report):
+    s = toy_report[0]["sections"]["tinyllama"]
+    # the toy Llama: 1 layer, d 64, 4 heads of 16, 2 KV heads, SwiGLU 128, 64 positions, vocab 512
+    d, kv, m, t, v = 64, 2 * 16, 128, 64, 512
+    macs = (d * d + 2 * d * kv + d * d + 3 * d * m + d * t) + d * v  # projections, MLP, causal attention, output
+    assert s["flops_per_token"] == 6 * macs and s["tokens_per_step"] == 2 * 64
+    assert s["mfu"] == pytest.approx(6 * macs * 128 / s["step_s"] / s["peak_flops"], rel=1e-9)
+    assert not s["peak_published"] and s["peak_flops"] > 0 and s["loss_finite"]
+    assert s["compile_s"] > 0 and s["steps_timed"] == 3 and s["memory_plan"]["planned_bytes"] > 0
+    assert s["peak_bytes"] is None  # the CPU keeps no device memory statistics: none invented
+
+
+def test_attention_and_grid_sections(toy_report):
+    report = toy_report[0]
+    a = report["sections"]["attention"]
+    assert a["cudnn"]["status"] == "unavailable" and a["xla"]["forward_s"] > 0 and a["xla"]["forward_backward_s"] > 0
+    assert all(0 <= e < 0.05 for e in a["xla"]["max_abs_diff_vs_float32"].values())  # bfloat16 vs float32
+    (row,) = report["sections"]["tiny_grid"]["shapes"]
+    assert row["model"] == "d16-l1" and row["jax_steps_s"] == pytest.approx(1e3 / row["jax_ms"])
+    if HAS_TORCH:
+        assert row["speedup_vs_eager"] == pytest.approx(row["torch_eager_ms"] / row["jax_ms"])
+    else:
+        assert row["torch_eager_ms"] is None
+
+
+def test_energy_without_nvml_is_unavailable_with_the_reason():
+    budget = gpu_check.Budget(60)
+    res = gpu_check.energy(gpu_check.TOY, budget, nvml=ScriptedNVML([], library_found=False))
+    assert res == {"status": "unavailable", "reason": "NVML: NVML library not found (no NVIDIA driver on this machine)"}
+
+
+def test_energy_over_the_scripted_stand_in_compares_counter_and_integral():
+    nvml = ScriptedNVML([ScriptedGPU(constant(200.0))])
+    res = gpu_check.energy(gpu_check.TOY, gpu_check.Budget(60), nvml=nvml)
+    assert "not a measurement" in res["meter"] and nvml.initialised == 0
+    assert set(res["windows"]) == {"compile", "steps", "eval", "run"} and res["steps"] > 0
+    for name, w in res["windows"].items():
+        assert w["counter_j"] == pytest.approx(200.0 * w["duration_s"], rel=0.01), name
+        assert abs(w["integrated_vs_counter"]) < 0.01, name  # constant power: the trapezoid is exact
+    o = res["overhead"]
+    assert o["step_ms_off"] > 0 and o["step_ms_on"] > 0 and o["mark_us"] > 0 and o["read_us"] > 0
+
+
+def grid(speedups):
+    return {"status": "ok", "shapes": [{"model": f"m{i}", "speedup_vs_eager": x} for i, x in enumerate(speedups)]}
+
+
+@pytest.mark.parametrize("mfu, speedups, verdicts", [
+    (0.60, [2.5] * 7, (True, True)),
+    (0.50, [2.5] * 6 + [1.9], (False, False)),
+    (0.60, [2.5] * 6, (True, None)),  # a shape skipped: no verdict
+    (0.60, [2.5] * 6 + [None], (True, None)),  # no PyTorch at a shape: no verdict
+])
+def test_targets(mfu, speedups, verdicts):
+    sections = {"tinyllama": {"mfu": mfu, "peak_published": True}, "tiny_grid": grid(speedups)}
+    assert tuple(t["met"] for t in gpu_check.targets(sections, toy=False)) == verdicts
+    unpublished = {"tinyllama": {"mfu": mfu, "peak_published": False}, "tiny_grid": grid(speedups)}
+    assert gpu_check.targets(unpublished, toy=False)[0]["met"] is None
+
+
+def test_full_sizes_refuse_to_run_off_a_gpu():
+    with pytest.raises(SystemExit):
+        gpu_check.main(["--out", "/nonexistent"])
