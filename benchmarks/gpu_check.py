@@ -18,7 +18,7 @@ under its estimate:
 - attention (a): jax.nn.dot_product_attention, implementation "cudnn" vs "xla", at TinyLlama's shapes (batch 8,
   2048 positions, 32 query heads / 4 KV heads, head_dim 64, bfloat16, causal): forward and forward+backward
   time, XLA's temporary memory of each compiled program, and the largest absolute difference of the output and
-  of the three gradients between the two, and of each against a float32 XLA reference. A program that does not
+  of the three gradients between the two, and of each against XLA in true float32 (not TF32). A program that does not
   fit (or a cuDNN that refuses the shape) is recorded, not raised.
 - energy (c): a short real run of the tiny grid's largest shape (d128-l4, batch 16 x 64, GPT-2 vocabulary)
   under jaxscale.energy's Sampler over the real NVML meter, windows compile / steps / eval: per window the
@@ -85,7 +85,9 @@ import step_time  # noqa: E402
 from jaxscale import hostmem  # noqa: E402
 from jaxscale.config import expand, load_raw  # noqa: E402
 from jaxscale.energy import Device, Sampler, open_meter  # noqa: E402
+from jaxscale.loss import loss_mode  # noqa: E402
 from jaxscale.models import build_model, count_params, flops_per_token  # noqa: E402
+from jaxscale.models.common import attention_impl as model_attention  # noqa: E402
 from jaxscale.step import compiled_steps, init_state, step_key  # noqa: E402
 
 MFU_TARGET = 0.55
@@ -222,6 +224,8 @@ def tinyllama(sz: Sizes, budget: Budget) -> dict:
         try:
             out |= time_train_step(dataclasses.replace(m, remat=remat), cfg.train, seq_len, vocab, sz)
             out["remat"] = remat
+            out["attention"] = model_attention(m)
+            out["loss"] = loss_mode(batch * seq_len, vocab, m.d_model) if cfg.train.loss == "auto" else cfg.train.loss
             break
         except Exception as err:  # noqa: BLE001
             if remat or not is_oom(err):
@@ -288,7 +292,8 @@ def attention(sz: Sizes, budget: Budget) -> dict:
         if values is not None:
             results[impl] = values
     try:
-        reference = attention_programs("xla")[1](*(x.astype(jnp.float32) for x in args), dout.astype(jnp.float32))
+        with jax.default_matmul_precision("highest"):  # true float32, not TF32 (XLA's default on these GPUs)
+            reference = attention_programs("xla")[1](*(x.astype(jnp.float32) for x in args), dout.astype(jnp.float32))
     except Exception as err:  # noqa: BLE001
         reference = None
         out["reference"] = f"float32 reference failed: {short(err)}"
@@ -697,7 +702,7 @@ def md_tinyllama(s: dict) -> list[str]:
     p = s["memory_plan"]
     return [f"{s['model']}: {s['n_layers']} layers, d_model {s['d_model']}, {s['n_heads']}/{s['n_kv_heads']} heads, "
             f"d_mlp {s['d_mlp']}, {s['n_params']:,} parameters, {s['dtype']}, batch {s['batch']} x {s['seq_len']}, "
-            f"vocab {s['vocab']:,}, remat {s['remat']}." + (f" {s['without_remat']}." if "without_remat" in s else ""),
+            f"vocab {s['vocab']:,}, remat {s['remat']}, attention {s['attention']}, loss {s['loss']}." + (f" {s['without_remat']}." if "without_remat" in s else ""),
             "", "| compile | step (median) | min–max | MFU | model TFLOP/s | peak memory | XLA's plan | peak / plan |",
             "|---:|---:|---:|---:|---:|---:|---:|---:|",
             f"| {s['compile_s']:.1f} s | {1e3 * s['step_s']:.1f} ms | {1e3 * s['step_s_min']:.1f}–{1e3 * s['step_s_max']:.1f} ms "
@@ -727,6 +732,8 @@ def md_attention(s: dict) -> list[str]:
                      f"| {fmt(x.get('forward_backward_s') and 1e3 * x['forward_backward_s'], '.3f', ' ms')} "
                      f"| {gib(x.get('forward_temp_bytes'))} | {gib(x.get('forward_backward_temp_bytes'))} "
                      f"| {', '.join(fmt(e, '.2g') for e in ref.values()) if ref else '—'} |" + (f" {errs}" if errs else ""))
+    if "reference" in s:
+        lines += ["", s["reference"]]
     if "max_abs_diff_cudnn_vs_xla" in s:
         d = s["max_abs_diff_cudnn_vs_xla"]
         lines += ["", "cuDNN vs XLA, largest absolute difference: " + ", ".join(f"{k} {v:.3g}" for k, v in d.items()) + "."]
