@@ -688,7 +688,10 @@ def markdown(r: dict) -> str:
             s = r["sections"][name]
             lines += ["", f"## {TITLES[name]}", "", f"Status: {s['status']} ({s.get('wall_s', 0):.0f} s)."]
             if s["status"] == "ok":
-                lines += render(s)
+                try:
+                    lines += render(s)
+                except Exception as err:  # noqa: BLE001: the figures are in the .json whatever happens here
+                    lines.append(f"(could not render this section: {short(err)}; the .json has its figures)")
             else:
                 lines.append(s.get("reason") or s.get("error", ""))
     return "\n".join(lines)

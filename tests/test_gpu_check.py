@@ -88,6 +88,8 @@ def test_energy_over_the_scripted_stand_in_compares_counter_and_integral():
         assert abs(w["integrated_vs_counter"]) < 0.01, name  # constant power: the trapezoid is exact
     o = res["overhead"]
     assert o["step_ms_off"] > 0 and o["step_ms_on"] > 0 and o["mark_us"] > 0 and o["read_us"] > 0
+    md = "\n".join(gpu_check.md_energy(res))
+    assert "| steps |" in md and "not a measurement" in md and "could not render" not in md
 
 
 def grid(speedups):
@@ -131,3 +133,16 @@ def test_cudnn_attention_at_tinyllamas_shapes_lowers_for_cuda():
     for fn, args, calls in ((forward, (q, kv, kv), 1), (forward_backward, (q, kv, kv, q), 2)):
         text = fn.trace(*args).lower(lowering_platforms=("cuda",)).as_text()
         assert text.count("custom_call") == calls and "cudnn" in text
+
+
+def test_gpu_only_figures_render(toy_report):
+    """The paths only a GPU run fills (cuDNN's row, the cuDNN-XLA differences, device peak memory, the remat
+    fallback) render, so a GPU run cannot lose its Markdown at the end."""
+    report = json.loads(json.dumps(toy_report[0]))
+    a, llama = report["sections"]["attention"], report["sections"]["tinyllama"]
+    a["cudnn"] = dict(a["xla"])
+    a["max_abs_diff_cudnn_vs_xla"] = a["xla"]["max_abs_diff_vs_float32"]
+    llama |= {"peak_bytes": 3 * 2**30, "peak_over_planned": 1.1, "without_remat": "out of memory (...)"}
+    md = gpu_check.markdown(report)
+    assert "could not render" not in md and "| cudnn | " in md and "cuDNN vs XLA, largest" in md
+    assert "3.00 GiB" in md and "out of memory" in md
