@@ -82,12 +82,10 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 import step_time  # noqa: E402
-from jaxscale import hostmem  # noqa: E402
+from jaxscale import runtime  # noqa: E402
 from jaxscale.config import expand, load_raw  # noqa: E402
 from jaxscale.energy import Device, Sampler, open_meter  # noqa: E402
-from jaxscale.loss import loss_mode  # noqa: E402
 from jaxscale.models import build_model, count_params, flops_per_token  # noqa: E402
-from jaxscale.models.common import attention_impl as model_attention  # noqa: E402
 from jaxscale.step import compiled_steps, init_state, step_key  # noqa: E402
 
 MFU_TARGET = 0.55
@@ -215,22 +213,22 @@ def compiled_run(model_cfg, train, seq_len: int, vocab: int, batch, with_eval: b
 def tinyllama(sz: Sizes, budget: Budget) -> dict:
     cfg = expand(load_raw(ROOT / "configs" / "tinyllama_tokens.toml", list(sz.llama_set)))[0].config
     vocab, seq_len, batch = cfg.tokenizer.vocab_size, cfg.data.seq_len, cfg.train.batch_size
+    cfg = runtime.resolve(cfg, runtime.hardware(jax.devices()[:1]), vocab)  # every auto, as jaxscale.train does
     m = cfg.model
     out = {"model": m.name, "n_layers": m.n_layers, "d_model": m.d_model, "n_heads": m.n_heads,
            "n_kv_heads": m.n_kv_heads, "d_mlp": m.d_mlp, "dtype": m.dtype, "batch": batch, "seq_len": seq_len,
            "vocab": vocab, "n_params": count_params(m, vocab, seq_len)[0],
            "flops_per_token": flops_per_token(m, vocab, seq_len), "tokens_per_step": batch * seq_len}
-    for remat in dict.fromkeys((m.remat, True)):
+    for remat in dict.fromkeys((m.remat, "full")):
         try:
             out |= time_train_step(dataclasses.replace(m, remat=remat), cfg.train, seq_len, vocab, sz)
             out["remat"] = remat
-            out["attention"] = model_attention(m)
-            out["loss"] = loss_mode(batch * seq_len, vocab, m.d_model) if cfg.train.loss == "auto" else cfg.train.loss
+            out["attention"], out["loss"] = m.attention, cfg.train.loss
             break
         except Exception as err:  # noqa: BLE001
-            if remat or not is_oom(err):
+            if remat == "full" or not is_oom(err):
                 raise
-            out["without_remat"] = f"out of memory ({short(err)}); ran again with model.remat = true"
+            out["without_remat"] = f"out of memory ({short(err)}); ran again with model.remat = full"
             log(f"  {out['without_remat']}")
     peak, source, published = peak_flops("bfloat16", sz)
     out |= {"peak_flops": peak, "peak_source": source, "peak_published": published,
@@ -631,7 +629,7 @@ def main(argv=None) -> int:
     parser.add_argument("--sections", default=",".join(SECTIONS), help=f"comma-separated subset of {','.join(SECTIONS)}")
     args = parser.parse_args(argv)
     started = time.monotonic()
-    hostmem.retain_freed_memory()  # as jaxscale.train does (and benchmarks/step_time.py by default)
+    runtime.start()  # as jaxscale.train does: compilation cache; on a CPU, glibc keeps freed memory
     sz = TOY if args.toy else FULL
     if not args.toy and not on_gpu():
         parser.error(f"this runs on {jax.default_backend()}, not a GPU: the full sizes need one (--toy for a CPU check)")

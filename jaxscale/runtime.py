@@ -94,7 +94,10 @@ def resolve(config: Config, hw: Hardware, vocab_size: int) -> Config:
     if loss == "auto":
         tokens = t.batch_size * config.data.seq_len // max(1, min(hw.n_devices, t.batch_size))
         loss = choose_loss(tokens, vocab_size, m.d_model, hw.platform, hw.freed_memory_reused, hw.memory_bytes)
-    return dataclasses.replace(config, model=dataclasses.replace(m, attention=attention),
+    # a scanned Llama without remat keeps every block's intermediates as stacked loop outputs (twice the
+    # unrolled model's temporaries for TinyLlama on an H100); saving only the matmul outputs costs less than both
+    remat = m.remat if m.remat != "auto" else ("dots" if m.arch == "llama" and m.scan_layers else "none")
+    return dataclasses.replace(config, model=dataclasses.replace(m, attention=attention, remat=remat),
                                train=dataclasses.replace(t, loss=loss))
 
 

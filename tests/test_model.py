@@ -45,15 +45,18 @@ def test_flops_per_token_counts_the_forward_matmuls_three_times():
     assert 0.9 * xla_flops < ours < 1.02 * xla_flops
 
 
-def test_cudnn_attention_off_gpu_is_a_clear_config_error():
+def test_cudnn_attention_off_gpu_is_a_clear_config_error(tmp_path, capsys):
+    """Resolved before anything runs (jaxscale.runtime.resolve): exit 2 with the key, not a trace-time failure."""
     import pytest
+
+    from conftest import ROOT
+    from jaxscale.train import main
     if jax.default_backend() == "gpu":
         pytest.skip("cuDNN may run here")
-    for arch in ("tiny", "llama"):
-        cfg = ModelConfig(arch=arch, d_model=64, d_mlp=128, n_layers=1, attention="cudnn")
-        model = build_model(cfg, vocab_size=100, seq_len=16)
-        with pytest.raises(ValueError, match=r"model\.attention = 'cudnn'.*'auto' or 'xla'"):
-            model.init(jax.random.key(0), jnp.zeros((1, 16), jnp.int32))
+    out = tmp_path / "sweep"
+    assert main(["--config", str(ROOT / "configs" / "smoke.toml"), "--out", str(out), "model.attention=cudnn"]) == 2
+    assert "model.attention = 'cudnn' needs an NVIDIA GPU" in capsys.readouterr().err
+    assert not (out / "000-d16-l1-tokens2048").exists()
 
 
 def test_auto_attention_is_cudnn_only_where_cudnns_fused_kernel_runs():
