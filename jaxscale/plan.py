@@ -8,20 +8,26 @@ accelerator's peak and an MFU. Nothing is allocated: the step is compiled for ab
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import importlib.util
 import math
 import os
+import re
+import sys
 import time
 from pathlib import Path
 
 import jax
 import jax.numpy as jnp
 
-from jaxscale import sharding
-from jaxscale.config import Config, expand, load_raw
+from jaxscale import runtime, sharding
+from jaxscale.config import Config, ConfigError, expand, load_raw
 from jaxscale.models import build_model, count_params, flops_per_token
 from jaxscale.models.common import heads
 from jaxscale.step import abstract_state, compiled_steps, step_key
 
+TARGETS = Path(__file__).parent / "targets"
+CUDNN_ATTENTION = "__cudnn$fmha"  # the custom-call targets of cuDNN's fused attention
 # The plan never runs the step: unoptimised CPU code generation compiles a 1B model several times faster.
 FAST_COMPILE = "--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true"
 
@@ -39,6 +45,58 @@ def read_config(path, overrides=()) -> tuple[list, list[str]]:
             if table.get("source") == "dir":
                 table["source"] = "auto"
     return expand(raw), notes
+
+
+@dataclasses.dataclass(frozen=True)
+class Target:
+    """A GPU to plan for without having it: a GpuTargetConfig text proto of published device facts."""
+    name: str
+    spec: str
+    memory_bytes: int
+    peak_tflops: float | None  # dense bf16, from the file's `# peak_bf16_tflops:` line
+
+
+def known_targets() -> list[str]:
+    return sorted(p.stem for p in TARGETS.glob("*.txtpb"))
+
+
+def load_target(name: str = "", spec_file: str = "") -> Target:
+    path = Path(spec_file) if spec_file else TARGETS / f"{name}.txtpb"
+    if not path.is_file():
+        if spec_file:
+            raise ConfigError(f"--target-spec {spec_file}: no such file")
+        raise ConfigError(f"--target {name!r}: not one of {', '.join(known_targets())} (or give --target-spec FILE)")
+    text = path.read_text()
+    memory = re.search(r"device_memory_size:\s*(\d+)", text)
+    if not memory:
+        raise ConfigError(f"{path}: not a GPU description (a GpuTargetConfig text proto with "
+                          "gpu_device_info {{ device_memory_size: ... }})")
+    peak = re.search(r"#\s*peak_bf16_tflops:\s*([\d.]+)", text)
+    return Target(path.stem, text, int(memory[1]), float(peak[1]) if peak else None)
+
+
+def target_devices(target: Target, n: int) -> list:
+    """n compile-only devices of the target GPU (one host): real GPU programs compile for them, none runs."""
+    if not any(importlib.util.find_spec(f"jax_plugins.xla_cuda{v}") for v in (12, 13)):
+        raise ConfigError("--target needs JAX's CUDA plugin (no GPU or driver needed): pip install 'jax[cuda12]'")
+    from jax.experimental import topologies
+    try:
+        return list(topologies.get_topology_desc(platform="cuda", target_config=target.spec,
+                                                 topology=f"1x1x{n}").devices)
+    except Exception as err:  # noqa: BLE001 - the plugin's parse and topology errors
+        raise ConfigError(f"target {target.name}: not a usable GPU description ({str(err)[:300]})") from None
+
+
+def fit_line(total: int, memory: int, cfg, mesh) -> str:
+    """XLA's bytes per device against the device's memory, with what would help when it does not fit."""
+    if total <= memory:
+        return f"fits, {fmt_bytes(memory - total)} headroom of {fmt_bytes(memory)}"
+    tries = []
+    if cfg.remat != "full":
+        tries.append("model.remat=full")
+    tries.append(f"mesh.fsdp={2 * mesh.shape['fsdp']}")
+    tries.append("a smaller train.batch_size")
+    return f"does not fit by {fmt_bytes(total - memory)} (of {fmt_bytes(memory)}); try {', '.join(tries)}"
 
 
 def vocab_size(config: Config) -> int:
@@ -84,7 +142,7 @@ def xla_analysis(model, config: Config, mesh) -> dict:
     step, _ = compiled_steps(model, step_key(t), mesh)
     start = time.perf_counter()
     compiled = step.lower(state, batch).compile()
-    out = {"compile_s": time.perf_counter() - start}
+    out = {"compile_s": time.perf_counter() - start, "cudnn_attention": CUDNN_ATTENTION in compiled.as_text()}
     try:
         cost = compiled.cost_analysis()
         cost = cost[0] if isinstance(cost, (list, tuple)) else cost
@@ -117,10 +175,14 @@ def fmt_time(s: float) -> str:
     return f"{s / 60:.1f} min" if s < 7200 else f"{s / 3600:.1f} h"
 
 
-def plan_model(config: Config, runs: list, devices, peak: float, mfu: float, xla: bool) -> list[str]:
+def plan_model(config: Config, runs: list, devices, peak: float, mfu: float, xla: bool,
+               target: Target | None = None) -> list[str]:
     """The lines for one model (and batch, sequence, mesh) and the runs that train it."""
-    cfg, t, seq = config.model, config.train, config.data.seq_len
     vocab = vocab_size(config)
+    hw = runtime.hardware(devices, memory_bytes=target.memory_bytes if target else None)
+    requested = config
+    config = runtime.resolve(config, hw, vocab)
+    cfg, t, seq = config.model, config.train, config.data.seq_len
     model = build_model(cfg, vocab, seq)
     mesh = sharding.make_mesh(config.mesh, devices)
     data, fsdp, tensor = (mesh.shape[a] for a in sharding.AXES)
@@ -137,7 +199,10 @@ def plan_model(config: Config, runs: list, devices, peak: float, mfu: float, xla
         f"model       {cfg.label} ({cfg.arch}): {cfg.n_layers} layers, d_model {cfg.d_model}, {heads(cfg)} heads "
         f"({kv} KV), d_mlp {cfg.d_mlp}, vocab {vocab:,}, seq_len {seq}, compute {cfg.dtype}, remat {cfg.remat}",
         f"parameters  {total:,} total, {non_embed:,} without embeddings",
-        f"mesh        data {data} x fsdp {fsdp} x tensor {tensor} = {n_dev} device(s) ({devices[0].platform}); "
+        f"choices     attention {cfg.attention}, loss {t.loss}, remat {cfg.remat}"
+        + (f" (from auto: {', '.join(runtime.choices(requested, config))})" if runtime.choices(requested, config) else ""),
+        f"mesh        data {data} x fsdp {fsdp} x tensor {tensor} = {n_dev} device(s) "
+        f"({target.name + ', compile-only' if target else devices[0].platform}); "
         f"batch {t.batch_size} x {seq} = {tokens_step:,} tokens/step, {tokens_step // (data * fsdp):,} per device",
         f"FLOPs/step  {fmt_flops(step_flops)} analytic ({per_token:,} per token: every matmul, causal attention, "
         f"x3 for forward+backward); 6N = {fmt_flops(6 * non_embed * tokens_step)}",
@@ -157,8 +222,14 @@ def plan_model(config: Config, runs: list, devices, peak: float, mfu: float, xla
             lines.append(f"XLA memory  arguments {fmt_bytes(m.argument_size_in_bytes)}, temporaries "
                          f"{fmt_bytes(m.temp_size_in_bytes)}, total {fmt_bytes(peak_mem)} per device "
                          f"({devices[0].platform} backend)")
+            if hw.memory_bytes:
+                lines.append(f"fit         {fit_line(peak_mem, hw.memory_bytes, cfg, mesh)}")
         else:
             lines.append("XLA memory  not reported by this backend")
+        if devices[0].platform == "gpu":
+            kernel = (f"cuDNN fused attention (custom call {CUDNN_ATTENTION}) compiled" if x["cudnn_attention"]
+                      else "no cuDNN custom call: XLA's attention")
+            lines.append(f"attention   {kernel}")
     step_s = step_flops / (n_dev * peak * 1e12 * mfu)
     lines.append(f"time        {fmt_time(step_s)} a step at {peak:g} TFLOP/s x MFU {mfu:g} per device")
     budgets: dict[int, int] = {}
@@ -187,21 +258,38 @@ def fixed_devices(runs) -> int | None:
     return None if -1 in sizes else math.prod(sizes)
 
 
-def main(argv=None) -> None:
+def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m jaxscale.plan", description=__doc__.splitlines()[0])
     parser.add_argument("--config", required=True)
     parser.add_argument("overrides", nargs="*", help="section.key=value, as for jaxscale.train")
-    parser.add_argument("--peak-tflops", type=float, default=989.0,
-                        help="dense peak per device, TFLOP/s (default 989: H100 bf16)")
+    parser.add_argument("--peak-tflops", type=float, default=0.0,
+                        help="dense peak per device, TFLOP/s (default: the target's bf16 peak, else 989: H100 bf16)")
     parser.add_argument("--mfu", type=float, default=0.5, help="model FLOPs utilisation (default 0.5)")
     parser.add_argument("--devices", type=int, default=0,
                         help="plan for this many devices (default: the config's mesh, else those present); "
                              "host CPU devices stand in when fewer accelerators are present")
     parser.add_argument("--no-xla", action="store_true", help="skip compiling the step (XLA's figures)")
+    parser.add_argument("--target", default="", help=f"plan for this GPU without having it: {', '.join(known_targets())}")
+    parser.add_argument("--target-spec", default="", help="plan for the GPU this GpuTargetConfig text proto describes")
     args = parser.parse_intermixed_args(argv)
+    try:
+        plan(args)
+    except ConfigError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def plan(args) -> None:
     start = time.perf_counter()
     runs, notes = read_config(args.config, args.overrides)
     n = args.devices or fixed_devices(runs)
+    if args.target or args.target_spec:
+        target = load_target(args.target, args.target_spec)
+        devices = target_devices(target, n or 1)
+        peak = args.peak_tflops or target.peak_tflops or 989.0
+        report(args, runs, notes, devices, peak, target, start)
+        return
     if n:
         try:  # effective only before jax starts its backends (as under `python -m jaxscale.plan`)
             jax.config.update("jax_num_cpu_devices", n)
@@ -213,15 +301,21 @@ def main(argv=None) -> None:
     if n and len(devices) < n:
         raise SystemExit(f"plan: {n} devices wanted, {len(devices)} present; run it as python -m jaxscale.plan")
     devices = devices[:n] if n else devices
-    print(f"plan for {args.config}: {len(runs)} runs")
+    report(args, runs, notes, devices, args.peak_tflops or 989.0, None, start)
+
+
+def report(args, runs, notes, devices, peak: float, target: Target | None, start: float) -> None:
+    print(f"plan for {args.config}: {len(runs)} runs" + (f" on {target.name} (compile-only)" if target else ""))
     for note in notes:
         print(f"note        {note}")
     for group in group_runs(runs).values():
         print()
-        print("\n".join(plan_model(group[0].config, group, devices, args.peak_tflops, args.mfu, not args.no_xla)))
+        print("\n".join(plan_model(group[0].config, group, devices, peak, args.mfu, not args.no_xla, target)))
     print(f"\nplanned in {time.perf_counter() - start:.1f} s; nothing allocated (abstract shapes)")
 
 
 if __name__ == "__main__":
     os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {FAST_COMPILE}".strip()
-    main()
+    if any(a.startswith("--target") for a in sys.argv[1:]):
+        os.environ.setdefault("JAX_PLATFORMS", "cpu")  # it only compiles; the CUDA plugin then skips its GPU checks
+    sys.exit(main())

@@ -1,4 +1,6 @@
 """`python -m jaxscale.plan`: figures for a config's model, batch and mesh, from abstract shapes only."""
+import importlib.util
+import os
 import re
 import subprocess
 import sys
@@ -57,3 +59,65 @@ def test_activation_estimate_shrinks_with_remat_tensor_and_fewer_tokens():
     assert remat < saved / 10
     assert activation_bytes(cfg, 16384, 2048, tensor=2)[0] < saved
     assert activation_bytes(cfg, 8192, 2048, tensor=1)[0] == pytest.approx(saved / 2)
+
+
+CUDA = importlib.util.find_spec("jax_plugins.xla_cuda12") is not None
+needs_cuda_plugin = pytest.mark.skipif(not CUDA, reason="JAX's CUDA plugin is not installed (pip install 'jax[cuda12]')")
+SMALL_LLAMA = ["model.n_layers=2", "model.d_model=256", "model.n_heads=4", "model.n_kv_heads=2", "model.d_mlp=512",
+               "data.seq_len=256"]
+
+
+def plan_cli(*args):
+    env = {**os.environ, "JAX_PLATFORMS": "cpu"}
+    proc = subprocess.run([sys.executable, "-m", "jaxscale.plan", "--config", str(TINYLLAMA), *args], cwd=ROOT,
+                          capture_output=True, text=True, timeout=300, env=env)
+    return proc.returncode, proc.stdout, proc.stderr
+
+
+def gb(text: str) -> float:
+    value, unit = text.split()
+    return float(value) * (1e-3 if unit == "MB" else 1.0)
+
+
+@needs_cuda_plugin
+def test_plan_for_an_h100_compiles_cudnn_attention_and_says_it_fits():
+    code, out, err = plan_cli("--target", "h100", *SMALL_LLAMA)
+    assert code == 0, err[-2000:]
+    assert "on h100 (compile-only)" in out and "(h100, compile-only)" in out
+    # bf16, head_dim 64, compute capability 9.0: cuDNN; 2,048 tokens x 32,000 x 8 bytes << 85 GB / 16: full logits
+    assert "choices     attention cudnn, loss full, remat none" in out
+    assert "cuDNN fused attention (custom call __cudnn$fmha) compiled" in out
+    total = gb(re.search(r"total ([\d.]+ [MG]B) per device \(gpu backend\)", out)[1])
+    headroom = gb(re.search(r"fits, ([\d.]+ [MG]B) headroom of 84.98 GB", out)[1])
+    assert headroom == pytest.approx(84.978434048 - total, abs=0.011)  # the H100 file's device_memory_size
+
+
+@needs_cuda_plugin
+def test_plan_says_when_xla_attention_was_compiled_instead():
+    code, out, err = plan_cli("--target", "a100-80", *SMALL_LLAMA, "model.attention=xla")
+    assert code == 0, err[-2000:]
+    assert "no cuDNN custom call: XLA's attention" in out and "cuDNN fused attention" not in out
+
+
+@needs_cuda_plugin
+def test_a_gpu_too_small_gets_what_to_change(tmp_path):
+    spec = (ROOT / "jaxscale" / "targets" / "h100.txtpb").read_text()
+    small = tmp_path / "tiny-gpu.txtpb"
+    small.write_text(re.sub(r"device_memory_size: \d+", "device_memory_size: 100000000", spec))  # 0.1 GB
+    code, out, err = plan_cli("--target-spec", str(small), *SMALL_LLAMA)
+    assert code == 0, err[-2000:]
+    total = gb(re.search(r"total ([\d.]+ [MG]B) per device", out)[1])
+    short = gb(re.search(r"does not fit by ([\d.]+ [MG]B) \(of 0.10 GB\)", out)[1])
+    assert short == pytest.approx(total - 0.1, abs=0.011)
+    assert "try model.remat=full, mesh.fsdp=2, a smaller train.batch_size" in out
+    # with the memory this small, the full logits are not kept
+    assert "loss blocked" in out
+
+
+def test_unknown_target_and_bad_spec_are_one_line_errors(tmp_path):
+    code, out, err = plan_cli("--target", "h900")
+    assert code == 2 and "--target 'h900': not one of a100-80, h100, h200" in err
+    bad = tmp_path / "bad.txtpb"
+    bad.write_text("not a proto")
+    code, _, err = plan_cli("--target-spec", str(bad))
+    assert code == 2 and "not a GPU description" in err and "Traceback" not in err
