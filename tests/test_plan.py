@@ -68,7 +68,8 @@ SMALL_LLAMA = ["model.n_layers=2", "model.d_model=256", "model.n_heads=4", "mode
 
 
 def plan_cli(*args):
-    env = {**os.environ, "JAX_PLATFORMS": "cpu"}
+    # as a user types it: --target must work without JAX_PLATFORMS on a machine with the plugin and no GPU
+    env = {k: v for k, v in os.environ.items() if k != "JAX_PLATFORMS"}
     proc = subprocess.run([sys.executable, "-m", "jaxscale.plan", "--config", str(TINYLLAMA), *args], cwd=ROOT,
                           capture_output=True, text=True, timeout=300, env=env)
     return proc.returncode, proc.stdout, proc.stderr
