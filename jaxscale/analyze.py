@@ -306,20 +306,25 @@ def _model_block(model, budgets, index, metrics, vocab_size, plots_dir: Path) ->
         if complete:
             result = rm_anova(table)
             anova.append([name, f"F({result.df_levels}, {result.df_error}) = {_fmt(result.f)}", _fmt(result.p, ".3g"),
+                          f"{_fmt(result.p_gg, '.3g')} (ε {result.epsilon_gg:.3f})",
+                          f"{_fmt(result.p_hf, '.3g')} (ε {result.epsilon_hf:.3f})",
                           _fmt(result.generalized_eta_squared, ".3f")])  # fmt: skip
             pairs += [[name, f"{t.level_a} vs {t.level_b}", _fmt(t.mean_difference), f"t({t.df}) = {_fmt(t.t, '.3g')}",
-                       _fmt(t.p_bonferroni, ".3g")] for t in paired_tests(table, levels)]  # fmt: skip
+                       _fmt(t.p_bonferroni, ".3g"), _fmt(t.p_holm, ".3g")] for t in paired_tests(table, levels)]  # fmt: skip
         else:
-            anova.append([name, UNAVAILABLE, "", ""])
+            anova.append([name, UNAVAILABLE, "", "", "", ""])
         if name.startswith(PLOTTED_PER_BUDGET) and not name.startswith("loss reduction"):
             reason = "not measured" if not np.isfinite(table).any() else "missing in some runs"
             panels[name] = list(table.T) if complete else f"{UNAVAILABLE}\n({reason})"
     lines += _table(["metric (mean ± sd)"] + [f"D = {level}" for level in levels], summary)
-    lines += ["One-way repeated-measures ANOVA (subjects: repetitions; no sphericity correction):", ""]
-    lines += _table(["metric", "F", "p", "η²_G"], anova)
+    lines += ["One-way repeated-measures ANOVA (subjects: repetitions). Sphericity is doubtful where the spread grows "
+              "with the budget, as energy's does: read the Greenhouse–Geisser (GG) or Huynh–Feldt (HF) corrected "
+              "p-value, not the uncorrected one.", ""]  # fmt: skip
+    lines += _table(["metric", "F", "p (uncorrected)", "p (GG)", "p (HF)", "η²_G"], anova)
     if pairs:
-        lines += ["Paired t-tests, Bonferroni-corrected over the pairs of budgets:", ""]
-        lines += _table(["metric", "pair", "mean difference", "t", "p (Bonferroni)"], pairs)
+        lines += ["Paired t-tests over the pairs of budgets, corrected for the number of pairs (Holm is uniformly "
+                  "more powerful than Bonferroni):", ""]  # fmt: skip
+        lines += _table(["metric", "pair", "mean difference", "t", "p (Bonferroni)", "p (Holm)"], pairs)
     plot_name = "repeated_" + "".join(ch if ch.isalnum() or ch in "-_" else "_" for ch in str(model)) + ".png"
     plots.repeated_runs(plots_dir / plot_name, budgets, panels, f"{model}: per token budget")
     return lines + [f"![repeated runs of {model}](plots/{plot_name})", ""]

@@ -3,6 +3,7 @@ energy), the sections and plots written, what is skipped and why, and one-line e
 
 import csv
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -123,7 +124,10 @@ def test_repeated_runs_with_energy_get_anova_and_efficiency(tmp_path):
     text = write_report(sweep, bootstrap=0).read_text()
     section = text[text.index("## Repeated runs"):]
     assert "### d32-l2: 6 repetitions × 3 token budgets" in section
-    assert "F(2, 10)" in section and "η²_G" in section and "Bonferroni" in section
+    assert "F(2, 10)" in section and "η²_G" in section and "Bonferroni" in section and "p (Holm)" in section
+    assert "p (GG)" in section and "p (HF)" in section
+    gg_epsilons = [float(e) for e in re.findall(r"\(ε (\d\.\d+)\)", section)]
+    assert gg_epsilons and all(0.5 <= e <= 1 for e in gg_epsilons)  # 1/(k-1) <= epsilon <= 1 for 3 budgets
     energy_row = next(line for line in section.splitlines() if line.startswith("| energy (kJ)"))
     assert UNAVAILABLE not in energy_row
     assert (sweep / "plots" / "repeated_d32-l2.png").is_file()

@@ -56,6 +56,42 @@ def test_paired_tests_are_bonferroni_corrected():
         assert test.mean_difference == pytest.approx(np.mean(table[:, i] - table[:, j]))
 
 
+def heteroscedastic_table(seed, subjects=15, levels=4):
+    """Spread that grows with the level, as energy's does with the budget: sphericity fails."""
+    rng = np.random.default_rng(seed)
+    scale = np.geomspace(1, 6, levels)[None, :]
+    return 10 + rng.normal(0, 1, (subjects, 1)) + np.arange(levels) * 0.8 + rng.normal(0, 1, (subjects, levels)) * scale
+
+
+@pytest.mark.parametrize("seed, subjects, levels", [(0, 15, 4), (1, 10, 3), (2, 50, 3), (3, 8, 5)])
+def test_sphericity_corrections_match_pingouin(seed, subjects, levels):
+    pingouin = pytest.importorskip("pingouin")
+    table = heteroscedastic_table(seed, subjects, levels)
+    ours = rm_anova(table)
+    wide = long_format(table).pivot(index="subject", columns="level", values="y")
+    theirs = pingouin.rm_anova(long_format(table), dv="y", within="level", subject="subject", correction=True)
+    assert ours.epsilon_gg == pytest.approx(pingouin.epsilon(wide, correction="gg"), rel=1e-9)
+    assert ours.epsilon_hf == pytest.approx(min(1.0, pingouin.epsilon(wide, correction="hf")), rel=1e-9)
+    assert ours.epsilon_gg == pytest.approx(theirs["eps"].iloc[0], rel=1e-9)
+    assert ours.p_gg == pytest.approx(theirs["p_GG_corr"].iloc[0], rel=1e-8)
+    assert ours.p == pytest.approx(theirs["p_unc"].iloc[0], rel=1e-8)
+    assert 1 / (levels - 1) <= ours.epsilon_gg <= ours.epsilon_hf <= 1
+
+
+def test_two_levels_need_no_sphericity_correction():
+    ours = rm_anova(heteroscedastic_table(4, levels=2))
+    assert (ours.epsilon_gg, ours.epsilon_hf) == (1.0, 1.0) and ours.p_gg == ours.p == ours.p_hf
+
+
+def test_holm_matches_statsmodels():
+    multipletests = pytest.importorskip("statsmodels.stats.multitest").multipletests
+    table = heteroscedastic_table(5, subjects=12, levels=4)
+    tests = paired_tests(table, list("abcd"))
+    p = [t.p for t in tests]
+    assert [t.p_holm for t in tests] == pytest.approx(list(multipletests(p, method="holm")[1]), rel=1e-12)
+    assert [t.p_bonferroni for t in tests] == pytest.approx(list(multipletests(p, method="bonferroni")[1]), rel=1e-12)
+
+
 def test_anova_rejects_incomplete_tables():
     table = sample_table(5)
     table[0, 1] = np.nan
