@@ -25,6 +25,7 @@ class DataConfig:
     path: str = ""  # directory with train/valid/test text (WikiText raw layout); when given, it is the corpus
     hf_name: str = "wikitext-2-raw-v1"  # for source = "hf" (dataset "wikitext")
     seq_len: int = 64
+    max_epochs: float = 0.0  # > 0: a budget needing more passes over the train split than this is an error
 
 
 @dataclass(frozen=True)
@@ -277,7 +278,8 @@ def validate(config: Config) -> None:
             raise ConfigError(f"{key}: must be > 0, got {value}")
     for key, value in {"train.lr": t.lr, "train.eval_tokens": t.eval_tokens,
                        "train.eval_every": t.eval_every, "checkpoint.every": config.checkpoint.every,
-                       "energy.idle_s": config.energy.idle_s, "train.grad_clip": t.grad_clip}.items():
+                       "energy.idle_s": config.energy.idle_s, "train.grad_clip": t.grad_clip,
+                       "data.max_epochs": d.max_epochs}.items():
         if value < 0:
             raise ConfigError(f"{key}: must be >= 0, got {value}")
     batch_tokens = t.batch_size * d.seq_len

@@ -319,7 +319,7 @@ def run_sweep(raw: dict, out: Path, worker: tuple[int, int] = (0, 1), quiet: boo
     for spec in runs:  # every corpus and tokenizer up front: a missing file stops before any training
         data = prepare_data(spec.config, data_cache)
         plan_budget(len(data.splits["train"]), spec.config.data.seq_len, spec.config.train.batch_size,
-                    spec.config.train.tokens)
+                    spec.config.train.tokens, max_epochs=spec.config.data.max_epochs)
         runtime.resolve(spec.config, runtime.hardware(mesh_for(spec.config.mesh).devices.flat), data.vocab_size)
     sweep = Sweep(out, raw, runs, writer=sharding.is_writer(), claiming=jax.process_count() == 1)
     progress = Progress(len(runs), quiet=quiet)

@@ -1,7 +1,10 @@
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 
-from conftest import ENWIKI, GPT2, LLAMA_TOKENIZER, needs_shared
+from conftest import ENWIKI, GPT2, LLAMA_TOKENIZER, ROOT, needs_shared
 from jaxscale.config import ConfigError, DataConfig, TokenizerConfig
 from jaxscale.data import tokenize
 from jaxscale.data.corpora import from_directory, from_hugging_face, load_corpus, stdlib_docstrings
@@ -134,3 +137,23 @@ def test_eval_batches_are_the_first_windows_in_order():
 def test_a_given_path_overrides_the_configs_source():
     corpus = load_corpus(DataConfig(source="hf", path=str(ENWIKI)))
     assert corpus.name == "enwiki-sample"
+
+
+def test_a_budget_past_max_epochs_is_an_error_naming_the_passes():
+    assert plan_budget(10_001, 100, 10, 10_000, max_epochs=1.0).epochs == 1.0  # exactly one pass is allowed
+    with pytest.raises(ConfigError, match=r"train.tokens 20,000: 2.0 passes .* data.max_epochs = 1"):
+        plan_budget(10_001, 100, 10, 20_000, max_epochs=1.0)
+    assert plan_budget(10_001, 100, 10, 20_000).epochs == 2.0  # no limit by default
+
+
+@needs_shared(LLAMA_TOKENIZER)
+def test_the_tinyllama_study_refuses_the_embedded_corpus(tmp_path):
+    out = tmp_path / "out"
+    proc = subprocess.run([sys.executable, "-m", "jaxscale.train", "--config", str(ROOT / "configs" / "tinyllama_tokens.toml"),
+                           "--out", str(out), f"tokenizer.path={LLAMA_TOKENIZER}"],
+                          capture_output=True, text=True, cwd=ROOT, timeout=600)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    lines = proc.stderr.strip().splitlines()
+    # the embedded corpus is ~300k Llama tokens: 2M tokens are several passes
+    assert len(lines) == 1 and "passes over a train split" in lines[0] and "data.max_epochs = 1" in lines[0]
+    assert not out.exists()

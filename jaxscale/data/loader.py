@@ -24,13 +24,19 @@ def windows_in(n_tokens: int, seq_len: int) -> int:
     return max(0, (n_tokens - 1) // seq_len)
 
 
-def plan_budget(n_tokens: int, seq_len: int, batch_size: int, budget: int) -> Budget:
+def plan_budget(n_tokens: int, seq_len: int, batch_size: int, budget: int, max_epochs: float = 0.0) -> Budget:
+    """`max_epochs` > 0: a budget that would pass over the train split more often than that is an error."""
     steps = budget // (batch_size * seq_len)
     windows = windows_in(n_tokens, seq_len)
     if windows < batch_size:
         raise ConfigError(f"train split has {windows} windows of {seq_len + 1} tokens, fewer than one batch "
                           f"(train.batch_size {batch_size}); use a larger corpus or smaller data.seq_len")
-    return Budget(steps=steps, tokens=steps * batch_size * seq_len, epochs=steps * batch_size / windows, windows=windows)
+    epochs = steps * batch_size / windows
+    if max_epochs and epochs > max_epochs:
+        raise ConfigError(f"train.tokens {budget:,}: {epochs:.1f} passes over a train split of {n_tokens:,} tokens, "
+                          f"more than data.max_epochs = {max_epochs:g}; give a larger corpus (data.path=DIR) "
+                          "or raise data.max_epochs")
+    return Budget(steps=steps, tokens=steps * batch_size * seq_len, epochs=epochs, windows=windows)
 
 
 class _Windows:
