@@ -26,6 +26,7 @@ from jaxscale.data.corpora import load_corpus
 from jaxscale.data.loader import Budget, eval_batches, plan_budget, train_dataset, train_iterator
 from jaxscale.data.tokenize import load_tokenizer, token_splits
 from jaxscale.energy import Sampler, measure_idle, open_meter
+from jaxscale.energy.meters import gpus_of
 from jaxscale.models import build_model, count_params, flops_per_token
 from jaxscale.progress import Progress
 from jaxscale.step import compiled_steps, init_state, step_key
@@ -110,6 +111,44 @@ def combine_energy(segments: list[dict]) -> dict:
     combined["power_mean_w"] = energy / duration if energy is not None and duration else None
     combined["energy_segments"] = len(segments)
     return combined
+
+
+def local_gpu_ordinals() -> list[int] | None:
+    """The CUDA ordinals of this process's JAX devices; None when they are not GPUs."""
+    devices = jax.local_devices()
+    return [d.local_hardware_id for d in devices] if devices[0].platform == "gpu" else None
+
+
+def open_process_meter(kind: str):
+    """The meter of exactly this process's GPUs (by PCI bus id), or of whatever `kind` finds off GPUs."""
+    ordinals = local_gpu_ordinals()
+    meter = open_meter(kind, gpus=gpus_of(ordinals) if ordinals else None)
+    if meter.devices:
+        print(f"energy: process {jax.process_index()} meters {meter.kind} "
+              f"{', '.join(map(str, meter.devices))}", file=sys.stderr)
+    return meter
+
+
+ENERGY_ACROSS_PROCESSES = ("energy_j", "energy_above_idle_j", "idle_power_w", "power_peak_w")
+
+
+def sum_over_processes(row: dict) -> dict:
+    """One segment's energy figures summed over every process's GPUs (each process meters only its own); a
+    figure any process lacks is unavailable. Durations stay the writer's (the processes step together). The
+    peak is the sum of each process's peak, an upper bound on the peak of the sum."""
+    if jax.process_count() == 1:
+        return row
+    from jax.experimental import multihost_utils
+
+    keys = sorted(k for k in row if k.endswith(ENERGY_ACROSS_PROCESSES))
+    mine = np.array([np.nan if row[k] is None else row[k] for k in keys], np.float64)
+    # as int32 pairs: without jax_enable_x64 a float64 array would travel as float32
+    every = np.asarray(multihost_utils.process_allgather(mine.view(np.int32))).view(np.float64)
+    total = {**row, **{k: None if np.isnan(col).any() else float(col.sum()) for k, col in zip(keys, every.T)}}
+    energy, duration = total["energy_j"], total["duration_s"]
+    total["power_mean_w"] = energy / duration if energy is not None and duration else None
+    total["energy_processes"] = jax.process_count()
+    return total
 
 
 def run_one(spec: RunSpec, data: Prepared, run_dir: Path, progress: Progress, stop: StopSignals, meter,
@@ -268,7 +307,7 @@ def _train(run: Run, state, book: dict) -> dict:
                 break
             if stop.received:
                 log.flush()
-                book["energy"].append(sampler.stop().as_row())
+                book["energy"].append(sum_over_processes(sampler.stop().as_row()))
                 save(step + 1, wait=True)
                 checkpoints.close()
                 raise Interrupted(f"{stop.received} at step {step + 1}/{budget.steps} of run {spec.run_id}; "
@@ -295,7 +334,7 @@ def _train(run: Run, state, book: dict) -> dict:
         book["eval_s"] += time.perf_counter() - t0
         summary["eval_ppl"] = math.exp(min(summary["eval_loss"], 700))
     # energy first: the book's compile_s and eval_s below, not the sampler windows' durations, are the run's
-    summary.update(combine_energy(book["energy"] + [sampler.stop().as_row()]))
+    summary.update(combine_energy(book["energy"] + [sum_over_processes(sampler.stop().as_row())]))
     step_times = [r["step_s"] for r in records]
     losses = [r["loss"] for r in records]
     train_s = sum(step_times)
@@ -334,7 +373,7 @@ def run_sweep(raw: dict, out: Path, worker: tuple[int, int] = (0, 1), quiet: boo
                 progress.begin_run(runs.index(spec) + 1, spec.run_id)
                 kind = spec.config.energy.meter
                 if kind not in meters:
-                    meters[kind] = open_meter(kind)
+                    meters[kind] = open_process_meter(kind)
                 summary = run_one(spec, prepare_data(spec.config, data_cache), out / spec.run_id, progress, stop,
                                   meters[kind], heartbeat=lambda: sweep.heartbeat(spec.run_id))
                 progress.end_run(summary)

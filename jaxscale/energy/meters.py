@@ -6,6 +6,7 @@ measure says why in `reason` and has no devices: energy is then unavailable, nev
 """
 from __future__ import annotations
 
+import ctypes
 import os
 import re
 import warnings
@@ -119,10 +120,40 @@ def _visible_gpus(count: int) -> list[int | str]:
     return [int(v) if v.isdigit() else v for v in ids]
 
 
+PCI_BUS_ID = re.compile(r"[0-9a-fA-F]{4,8}:[0-9a-fA-F]{2}:[0-9a-fA-F]{2}\.[0-9a-fA-F]")
+
+
 def _nvml_handle(nvml, gpu: int | str):
+    """An NVML index (PCI order), a PCI bus id (domain:bus:device.function) or a UUID."""
     if isinstance(gpu, int):
         return nvml.nvmlDeviceGetHandleByIndex(gpu)
+    if PCI_BUS_ID.fullmatch(gpu):
+        return nvml.nvmlDeviceGetHandleByPciBusId(gpu)
     return nvml.nvmlDeviceGetHandleByUUID(gpu)
+
+
+def cuda_pci_bus_id(ordinal: int) -> str:
+    """The PCI bus id of CUDA device `ordinal` as this process numbers its GPUs (CUDA_VISIBLE_DEVICES and
+    CUDA_DEVICE_ORDER applied), from the CUDA driver. NVML numbers GPUs in PCI order, CUDA fastest first unless
+    CUDA_DEVICE_ORDER=PCI_BUS_ID: only the bus id names the same GPU in both. Raises OSError without a driver."""
+    lib = ctypes.CDLL("libcuda.so.1")
+    device, bus_id = ctypes.c_int(), ctypes.create_string_buffer(32)
+    for status in (lib.cuInit(0), lib.cuDeviceGet(ctypes.byref(device), ordinal),
+                   lib.cuDeviceGetPCIBusId(bus_id, len(bus_id), device)):
+        if status:
+            raise OSError(f"CUDA driver error {status} asking for the PCI bus id of device {ordinal}")
+    return bus_id.value.decode()
+
+
+def gpus_of(ordinals: Sequence[int], bus_id=cuda_pci_bus_id) -> list[str] | None:
+    """PCI bus ids for the CUDA ordinals of a process's JAX devices; None (meter by CUDA_VISIBLE_DEVICES) where
+    the driver cannot say."""
+    try:
+        return [bus_id(i) for i in ordinals]
+    except OSError as err:
+        warnings.warn(f"GPUs metered by CUDA_VISIBLE_DEVICES, which names NVML's GPUs only with "
+                      f"CUDA_DEVICE_ORDER=PCI_BUS_ID: {err}", stacklevel=2)
+        return None
 
 
 def _instant_mw(nvml, handle) -> float:

@@ -9,6 +9,7 @@ Every reading is logged with its thread and time so tests can check the numbers 
 from __future__ import annotations
 
 import math
+import os
 import threading
 import time
 from dataclasses import dataclass
@@ -52,6 +53,9 @@ class ScriptedGPU:
     counter: bool = True  # nvmlDeviceGetTotalEnergyConsumption (Volta and newer)
     instant: bool = True  # NVML_FI_DEV_POWER_INSTANT
     average: bool = True  # nvmlDeviceGetPowerUsage
+    bus_id: str = ""  # PCI bus id (default: one per position, in PCI order)
+    uuid: str = ""
+    speed: int = 0  # CUDA's default order lists the fastest first (ties in PCI order)
 
 
 class NVMLError(Exception):
@@ -121,6 +125,35 @@ class ScriptedNVML:
             raise NVMLError(2)  # invalid argument
         return index
 
+    def bus_id(self, index: int) -> str:
+        return self.gpus[index].bus_id or f"00000000:{0x10 + index:02X}:00.0"
+
+    def nvmlDeviceGetHandleByPciBusId(self, bus_id: str) -> int:
+        wanted = _normalise_bus_id(bus_id)
+        for i in range(len(self.gpus)):
+            if _normalise_bus_id(self.bus_id(i)) == wanted:
+                return i
+        raise NVMLError(6)  # not found
+
+    def nvmlDeviceGetHandleByUUID(self, uuid: str) -> int:
+        for i, gpu in enumerate(self.gpus):
+            if (gpu.uuid or f"GPU-scripted-{i}") == uuid:
+                return i
+        raise NVMLError(6)
+
+    def cuda_pci_bus_id(self, ordinal: int) -> str:
+        """What the CUDA driver answers for `ordinal` in this process: CUDA enumerates GPUs fastest first
+        (PCI order with CUDA_DEVICE_ORDER=PCI_BUS_ID), then CUDA_VISIBLE_DEVICES picks and orders them."""
+        order = list(range(len(self.gpus)))
+        if os.environ.get("CUDA_DEVICE_ORDER") != "PCI_BUS_ID":
+            order.sort(key=lambda i: -self.gpus[i].speed)
+        visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+        if visible is not None:
+            order = [order[int(v)] for v in visible.split(",") if v.strip()]
+        if not 0 <= ordinal < len(order):
+            raise OSError(f"CUDA driver error 101 asking for the PCI bus id of device {ordinal}")
+        return self.bus_id(order[ordinal])[4:]  # CUDA writes a 4-digit domain, NVML an 8-digit one
+
     def nvmlDeviceGetTotalEnergyConsumption(self, handle: int) -> int:
         gpu = self.gpus[handle]
         if not gpu.counter:
@@ -153,3 +186,8 @@ class ScriptedNVML:
                 values.append(SimpleNamespace(fieldId=field_id, nvmlReturn=3, valueType=1,
                                               value=SimpleNamespace(uiVal=0)))
         return values
+
+
+def _normalise_bus_id(bus_id: str) -> str:
+    domain, rest = bus_id.upper().split(":", 1)
+    return f"{int(domain, 16):08X}:{rest}"
