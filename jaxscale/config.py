@@ -64,8 +64,11 @@ class TrainConfig:
     tokens: int = 100_000  # token budget D: steps = tokens // (batch_size * seq_len)
     batch_size: int = 16
     lr: float = 1e-3
-    min_lr_ratio: float = 0.1  # cosine decays to lr * min_lr_ratio
+    min_lr_ratio: float = 0.1  # the schedule ends at lr * min_lr_ratio
     warmup_frac: float = 0.1  # warmup steps = ceil(warmup_frac * steps)
+    schedule: str = "cosine"  # cosine | wsd (warmup, constant lr, then a cooldown over the last steps)
+    cooldown_frac: float = 0.2  # wsd: cooldown steps = ceil(cooldown_frac * steps)
+    cooldown_shape: str = "1-sqrt"  # wsd: linear | 1-sqrt (lr falls as 1 - sqrt of the cooldown's progress)
     weight_decay: float = 0.1
     beta1: float = 0.9
     beta2: float = 0.95
@@ -136,6 +139,8 @@ _CHOICES = {
     "model.remat": ("none", "full", "dots", "mlp", "auto"),
     "sweep.order": ("sequential", "random"),
     "train.loss": ("auto", "blocked", "stored", "full"),
+    "train.schedule": ("cosine", "wsd"),
+    "train.cooldown_shape": ("linear", "1-sqrt"),
     "energy.meter": ("auto", "nvml", "rapl", "none"),
 }
 
@@ -289,6 +294,11 @@ def validate(config: Config) -> None:
             f"(train.batch_size {t.batch_size} x data.seq_len {d.seq_len} = {batch_tokens})")
     if not 0 <= t.warmup_frac < 1:
         raise ConfigError(f"train.warmup_frac: must be in [0, 1), got {t.warmup_frac}")
+    if not 0 < t.cooldown_frac <= 1:
+        raise ConfigError(f"train.cooldown_frac: must be in (0, 1], got {t.cooldown_frac}")
+    if t.schedule == "wsd" and t.warmup_frac + t.cooldown_frac > 1:
+        raise ConfigError(f"train.cooldown_frac: warmup ({t.warmup_frac}) and cooldown ({t.cooldown_frac}) "
+                          "together exceed the run")
     n_heads = m.n_heads or default_heads(m)
     if m.d_model % n_heads:
         raise ConfigError(f"model.n_heads: {n_heads} does not divide model.d_model {m.d_model}")

@@ -25,22 +25,37 @@ class TrainState:
     params: Any
     opt_state: Any
     step: jax.Array  # int32 scalar
-    schedule: jax.Array  # float32 [peak_lr, warmup_steps, total_steps, min_lr_ratio]
+    schedule: jax.Array  # float32 [SCHEDULE_FIELDS]
+
+
+SCHEDULE_FIELDS = ("peak_lr", "warmup_steps", "total_steps", "min_lr_ratio", "wsd", "cooldown_steps", "one_minus_sqrt")
+
+
+def _ceil(x: float) -> int:
+    return -(-int(round(x * 1000)) // 1000)  # ceil without float noise
 
 
 def schedule_array(train: TrainConfig, steps: int) -> jax.Array:
-    warmup = -(-int(train.warmup_frac * steps * 1000) // 1000)  # ceil without float noise
-    return jnp.array([train.lr, warmup, steps, train.min_lr_ratio], jnp.float32)
+    wsd = train.schedule == "wsd"
+    cooldown = max(1, _ceil(train.cooldown_frac * steps)) if wsd else 0
+    return jnp.array([train.lr, _ceil(train.warmup_frac * steps), steps, train.min_lr_ratio, float(wsd), cooldown,
+                      float(train.cooldown_shape == "1-sqrt")], jnp.float32)
 
 
 def learning_rate(step, schedule):
-    """Linear warmup to the peak, then cosine decay to peak * min_ratio at the last step."""
-    peak, warmup, total, min_ratio = schedule[0], schedule[1], schedule[2], schedule[3]
+    """Linear warmup to the peak, then either cosine decay to peak * min_ratio at the last step, or (wsd:
+    warmup-stable-decay) the peak held until the last `cooldown_steps`, which fall to peak * min_ratio at the last
+    step, linearly or as 1 - sqrt(progress)."""
+    peak, warmup, total, min_ratio, wsd, cooldown, one_minus_sqrt = (schedule[i] for i in range(len(SCHEDULE_FIELDS)))
     step = step.astype(jnp.float32)
     warm = peak * (step + 1) / jnp.maximum(warmup, 1)
     progress = jnp.clip((step - warmup) / jnp.maximum(total - warmup - 1, 1), 0, 1)
     cosine = peak * (min_ratio + (1 - min_ratio) * 0.5 * (1 + jnp.cos(jnp.pi * progress)))
-    return jnp.where(step < warmup, warm, cosine)
+    start = total - cooldown
+    down = jnp.clip((step - start) / jnp.maximum(cooldown - 1, 1), 0, 1)
+    fall = jnp.where(one_minus_sqrt > 0, jnp.sqrt(down), down)
+    stable_decay = jnp.where(step < start, peak, peak * (min_ratio + (1 - min_ratio) * (1 - fall)))
+    return jnp.where(step < warmup, warm, jnp.where(wsd > 0, stable_decay, cosine))
 
 
 def optimizer(train: TrainConfig) -> optax.GradientTransformation:
@@ -86,7 +101,7 @@ def _initializer(model, train: TrainConfig, seq_len: int, mesh):
 def abstract_state(model, train: TrainConfig, seq_len: int, mesh=None) -> TrainState:
     """The state's shapes, dtypes and (with a mesh) shardings, allocating nothing: for lowering and planning."""
     init = _initializer(model, step_key(train), seq_len, mesh)
-    return jax.eval_shape(init, jax.random.key(0), jax.ShapeDtypeStruct((4,), jnp.float32))
+    return jax.eval_shape(init, jax.random.key(0), jax.ShapeDtypeStruct((len(SCHEDULE_FIELDS),), jnp.float32))
 
 
 def state_shardings(model, train: TrainConfig, mesh) -> TrainState:
