@@ -237,3 +237,26 @@ def test_this_machine_reports_energy_unavailable_and_every_other_figure(tmp_path
     assert (tmp_path / "power.csv").read_text().strip() == ",".join(CSV_COLUMNS)
     assert not sampler_threads()
     assert not math.isnan(row["duration_s"])
+
+
+def test_a_snapshot_is_the_segment_so_far_and_sampling_goes_on(tmp_path):
+    nvml = ScriptedNVML([ScriptedGPU(constant(200.0))])  # counter: 200 J per second, exactly
+    meter = open_meter("nvml", nvml=nvml)
+    path = tmp_path / "power.csv"
+    with Sampler(meter, hz=50, power_csv=path) as sampler:
+        with sampler.window("compile"):
+            time.sleep(0.1)
+        time.sleep(0.2)
+        sampler.mark()
+        snap = sampler.snapshot()
+        rows_at_snapshot = len(path.read_text().splitlines())  # flushed: what a kill now would leave
+        time.sleep(0.2)
+        sampler.mark()
+    steps, compile_ = snap.window("steps"), snap.window("compile")
+    assert steps.energy_j == pytest.approx(200.0 * steps.duration_s, rel=1e-3)
+    assert compile_.energy_j == pytest.approx(200.0 * compile_.duration_s, rel=1e-3) and compile_.duration_s >= 0.1
+    assert snap.energy_j == pytest.approx(200.0 * snap.duration_s, rel=1e-3) and snap.duration_s < 0.45
+    assert rows_at_snapshot >= 10
+    final = sampler.summary
+    assert final.window("steps").count == 2 and final.window("steps").duration_s > steps.duration_s + 0.15
+    assert final.energy_j > snap.energy_j + 0.15 * 200

@@ -151,8 +151,21 @@ class Sampler:
         for name, begin in self._open.items():  # a window never ended ends here
             self._totals.setdefault(name, _Total()).add(self._energy(begin, last), last.t - begin.t)
         self._open.clear()
-        self.summary = self._summarise(last)
+        self.summary = self._summarise(last, self._totals)
         return self.summary
+
+    def snapshot(self) -> EnergySummary:
+        """The figures so far, as stop() would give them now, without stopping; power.csv is flushed. Taken with
+        a checkpoint, it is what a run killed later keeps of this segment."""
+        self._require_started()
+        point = self._read_point()
+        with self._lock:
+            if self._csv_file:
+                self._csv_file.flush()
+        totals = dict(self._totals)
+        for name, begin in self._open.items():
+            totals[name] = _Total(self._energy(begin, point), point.t - begin.t, 1)
+        return self._summarise(point, totals)
 
     def __enter__(self) -> Sampler:
         self.start()
@@ -277,11 +290,11 @@ class Sampler:
             total += counter_b - counter_a if use_counter else trapz_b - trapz_a
         return total
 
-    def _summarise(self, last: _Point) -> EnergySummary:
+    def _summarise(self, last: _Point, totals: dict[str, _Total]) -> EnergySummary:
         duration = last.t - self._first.t
         energy = self._energy(self._first, last)
         available = energy is not None
-        windows = tuple(WindowEnergy(name, t.energy_j, t.duration_s, t.count) for name, t in self._totals.items())
+        windows = tuple(WindowEnergy(name, t.energy_j, t.duration_s, t.count) for name, t in totals.items())
         idle = self.idle_power_w if available else None
         return EnergySummary(
             energy_j=energy,
