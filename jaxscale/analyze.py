@@ -25,7 +25,8 @@ from jaxscale.laws.table import InputError, numbers, read_csv, require_columns
 REQUIRED_COLUMNS = ["model", "n_params", "tokens", "flops", "status"]
 NUMERIC_COLUMNS = [
     "n_params", "n_params_nonembed", "tokens", "flops", "train_loss", "eval_loss", "wall_s", "step_s_median",
-    "tokens_per_s", "energy_j", "power_mean_w", "power_peak_w", "duration_s",
+    "tokens_per_s", "energy_j", "power_mean_w", "power_peak_w", "duration_s", "steps_energy_j", "steps_s",
+    "eval_energy_j", "eval_s", "vocab_size",
 ]  # fmt: skip
 MIN_RUNS_FOR_LAW_FIT = 8
 UNAVAILABLE = "unavailable"
@@ -260,15 +261,28 @@ def inference_section(runs: Runs, plots_dir: Path, law: ChinchillaLaw | None) ->
     return lines + ["![inference-aware optimum](plots/inference_optimum.png)", ""]
 
 
-def _metrics(runs: Runs, vocab_size: int) -> dict[str, np.ndarray]:
-    v, loss, joules = runs.values, runs.loss, runs.values["energy_j"]
-    # duration_s comes with the energy window; without it, the run's wall time stands in (and the label says so)
-    duration, duration_label = (v["duration_s"], "duration (s)") if np.isfinite(v["duration_s"]).any() else \
-        (v["wall_s"], "duration (s, wall_s)")  # fmt: skip
+def measured_phase(runs: Runs, include_eval: bool) -> tuple[np.ndarray, np.ndarray, str]:
+    """(energy J, duration s, what they cover) per run: the training steps by default (compile, evaluation and
+    start-up excluded: only a process's first run compiles), evaluation added on request. Results written before
+    the steps had their own columns give the whole run, and say so."""
+    v = runs.values
+    if np.isfinite(v["steps_s"]).any():
+        if include_eval:
+            return (v["steps_energy_j"] + np.nan_to_num(v["eval_energy_j"]), v["steps_s"] + np.nan_to_num(v["eval_s"]),
+                    "training steps and evaluation (compile excluded)")  # fmt: skip
+        return v["steps_energy_j"], v["steps_s"], "training steps only (compile and evaluation excluded)"
+    if np.isfinite(v["duration_s"]).any():
+        return v["energy_j"], v["duration_s"], "whole runs, compile included (these results have no steps_s column)"
+    return v["energy_j"], v["wall_s"], "whole runs (wall_s; no energy window recorded)"
+
+
+def _metrics(runs: Runs, vocab_size, include_eval: bool = False) -> dict[str, np.ndarray]:
+    v, loss = runs.values, runs.loss
+    joules, duration, _ = measured_phase(runs, include_eval)
     return {
         "energy (kJ)": np.where(joules > 0, joules / 1e3, np.nan),
-        duration_label: duration,
-        "mean power (W)": v["power_mean_w"],
+        "duration (s)": duration,
+        "mean power (W)": np.where(duration > 0, joules / duration, np.nan),
         "loss": loss,
         "perplexity": efficiency.perplexity(loss),
         "param. efficiency (1/ppl per M params)": efficiency.parameter_efficiency(loss, runs.params),
@@ -292,9 +306,9 @@ def _repeated_design(runs: Runs, model) -> tuple[np.ndarray, np.ndarray, str | N
     return budgets, np.array([[where(s, b) for b in budgets] for s in subjects]), None
 
 
-def _model_block(model, budgets, index, metrics, vocab_size, plots_dir: Path) -> list[str]:
+def _model_block(model, budgets, index, metrics, vocab_note: str, plots_dir: Path) -> list[str]:
     lines = [f"### {model}: {len(index)} repetitions × {len(budgets)} token budgets", "",
-             f"Efficiency metrics use vocabulary size {vocab_size} for the uniform-predictor loss ln V; see the README "
+             f"Efficiency metrics use {vocab_note} for the uniform-predictor loss ln V; see the README "
              "for their definitions.", ""]  # fmt: skip
     summary, anova, pairs, panels = [], [], [], {}
     levels = [f"{b:.3g}" for b in budgets]
@@ -330,14 +344,30 @@ def _model_block(model, budgets, index, metrics, vocab_size, plots_dir: Path) ->
     return lines + [f"![repeated runs of {model}](plots/{plot_name})", ""]
 
 
-def repeated_section(runs: Runs, plots_dir: Path, vocab_size: int) -> list[str]:
-    lines = ["## Repeated runs: energy, duration and efficiency per token budget", ""]
-    metrics = _metrics(runs, vocab_size)
+def vocabulary(runs: Runs, override: int | None) -> tuple[np.ndarray | int, str]:
+    """Each run's vocabulary size V (results.csv's vocab_size), unless given; GPT-2's where neither says."""
+    if override:
+        return override, f"vocabulary size {override} (given)"
+    sizes = runs.values["vocab_size"]
+    if np.isfinite(sizes).all():
+        distinct = sorted({int(x) for x in sizes})
+        return sizes, f"vocabulary size {', '.join(map(str, distinct))} (from the results)"
+    return efficiency.GPT2_VOCAB_SIZE, (f"vocabulary size {efficiency.GPT2_VOCAB_SIZE} (GPT-2's: these results have "
+                                        "no vocab_size; give --vocab-size)")  # fmt: skip
+
+
+def repeated_section(runs: Runs, plots_dir: Path, vocab_size: int | None = None,
+                     include_eval: bool = False) -> list[str]:
+    vocab, vocab_note = vocabulary(runs, vocab_size)
+    covers = measured_phase(runs, include_eval)[2]
+    lines = ["## Repeated runs: energy, duration and efficiency per token budget", "",
+             f"Energy, duration and power cover the {covers}.", ""]
+    metrics = _metrics(runs, vocab, include_eval)
     analysed = 0
     for model in sorted(set(runs.model), key=str):
         budgets, index, reason = _repeated_design(runs, model)
         if reason is None:
-            lines += _model_block(model, budgets, index, metrics, vocab_size, plots_dir)
+            lines += _model_block(model, budgets, index, metrics, vocab_note, plots_dir)
             analysed += 1
         elif max(Counter(runs.tokens[runs.model == model]).values()) > 1:  # it was repeated, just not analysable
             lines += [f"{model}: skipped, it needs 2 or more repetitions at each of 2 or more token budgets "
@@ -347,8 +377,8 @@ def repeated_section(runs: Runs, plots_dir: Path, vocab_size: int) -> list[str]:
     return lines
 
 
-def write_report(sweep_dir: Path, *, bootstrap: int = 4000, seed: int = 0,
-                 vocab_size: int = efficiency.GPT2_VOCAB_SIZE) -> Path:  # fmt: skip
+def write_report(sweep_dir: Path, *, bootstrap: int = 4000, seed: int = 0, vocab_size: int | None = None,
+                 include_eval: bool = False) -> Path:  # fmt: skip
     """Write SWEEP_DIR/report.md and SWEEP_DIR/plots/*.png from SWEEP_DIR/results.csv; returns the report path."""
     sweep_dir = Path(sweep_dir)
     runs = load_runs(sweep_dir)
@@ -364,7 +394,7 @@ def write_report(sweep_dir: Path, *, bootstrap: int = 4000, seed: int = 0,
     lines += frontier_section(runs, plots_dir, law)
     lines += law_lines
     lines += inference_section(runs, plots_dir, law)
-    lines += repeated_section(runs, plots_dir, vocab_size)
+    lines += repeated_section(runs, plots_dir, vocab_size, include_eval)
     report.write_text("\n".join(lines).rstrip() + "\n")
     return report
 
@@ -374,12 +404,15 @@ def main(argv=None) -> int:
     parser.add_argument("sweep_dir", type=Path)
     parser.add_argument("--bootstrap", type=int, default=4000, help="resamples for the law's intervals (default 4000)")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--vocab-size", type=int, default=efficiency.GPT2_VOCAB_SIZE,
-                        help="vocabulary size V for the loss reduction from ln V (default: GPT-2's 50,257)")  # fmt: skip
+    parser.add_argument("--vocab-size", type=int, default=None,
+                        help="vocabulary size V for the loss reduction from ln V (default: each run's, from "
+                             "results.csv; GPT-2's 50,257 where it has none)")  # fmt: skip
+    parser.add_argument("--include-eval", action="store_true",
+                        help="repeated runs: add evaluation's energy and time to the training steps'")
     args = parser.parse_args(argv)
     try:
         report = write_report(args.sweep_dir, bootstrap=args.bootstrap, seed=args.seed,
-                              vocab_size=args.vocab_size)  # fmt: skip
+                              vocab_size=args.vocab_size, include_eval=args.include_eval)  # fmt: skip
     except InputError as error:
         print(f"python -m jaxscale.analyze: error: {error}", file=sys.stderr)
         return 2

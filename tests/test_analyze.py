@@ -145,8 +145,9 @@ def test_unmeasured_energy_is_unavailable_not_zero(tmp_path):
         rows = [line for line in section.splitlines() if line.startswith(f"| {metric}")]
         assert rows and all(UNAVAILABLE in row for row in rows), metric
         assert all(" 0 ±" not in row and "| 0 |" not in row for row in rows)
-    duration_row = next(line for line in section.splitlines() if line.startswith("| duration (s, wall_s)"))
+    duration_row = next(line for line in section.splitlines() if line.startswith("| duration (s)"))
     assert UNAVAILABLE not in duration_row  # falls back to the measured wall time, and says so
+    assert "cover the whole runs (wall_s; no energy window recorded)" in section
 
 
 def test_cli_errors_are_one_line_with_exit_code_2(tmp_path, capsys):
@@ -167,3 +168,47 @@ def test_module_entry_point(tmp_path):
                           capture_output=True, text=True, check=False, env=env)  # fmt: skip
     assert done.returncode == 0, done.stderr
     assert Path(done.stdout.strip()) == sweep / "report.md"
+
+
+def phased_sweep(path: Path) -> tuple[Path, dict]:
+    """Repeated runs whose results carry the training steps' energy apart; the first run of each repetition also
+    compiled (a large extra in energy_j only). Vocabulary 32,000, written in the results."""
+    rng = np.random.default_rng(3)
+    rows, steps_kj = [], {5e5: [], 1e6: [], 2e6: []}
+    for rep in range(5):
+        for i, tokens in enumerate((5e5, 1e6, 2e6)):
+            steps_s = 2e-4 * tokens * (1 + rng.normal(0, 0.05))
+            steps_j = 300.0 * steps_s
+            eval_s, compile_j = 3.0, (50_000.0 if i == 0 else 0.0)
+            steps_kj[tokens].append(steps_j / 1e3)
+            rows.append(run_row(len(rows), GRID_MODELS[2], tokens, 3.5 - 0.1 * i, repetition=rep,
+                                energy_j=steps_j + 900.0 + compile_j, duration_s=steps_s + eval_s + 10,
+                                steps_energy_j=steps_j, steps_s=steps_s, eval_energy_j=900.0, eval_s=eval_s,
+                                energy_source="counter", vocab_size=32000, power_mean_w="", power_peak_w=""))
+    path.mkdir(parents=True)
+    columns = COLUMNS + ENERGY_COLUMNS + ["steps_energy_j", "steps_s", "eval_energy_j", "eval_s", "vocab_size"]
+    with (path / "results.csv").open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, columns)
+        writer.writeheader()
+        writer.writerows(rows)
+    return path, steps_kj
+
+
+def energy_means(section: str) -> list[float]:
+    row = next(line for line in section.splitlines() if line.startswith("| energy (kJ)"))
+    return [float(cell.split("±")[0]) for cell in row.split("|")[2:-1]]
+
+
+def test_the_report_analyses_training_step_energy_and_reads_the_vocabulary(tmp_path):
+    sweep, steps_kj = phased_sweep(tmp_path / "phased")
+    text = write_report(sweep, bootstrap=0).read_text()
+    section = text[text.index("## Repeated runs"):]
+    assert "cover the training steps only (compile and evaluation excluded)" in section
+    assert energy_means(section) == pytest.approx([np.mean(steps_kj[t]) for t in (5e5, 1e6, 2e6)], rel=1e-3)
+    assert "vocabulary size 32000 (from the results)" in section
+    with_eval = write_report(sweep, bootstrap=0, include_eval=True).read_text()
+    section = with_eval[with_eval.index("## Repeated runs"):]
+    assert "training steps and evaluation (compile excluded)" in section
+    assert energy_means(section) == pytest.approx([np.mean(steps_kj[t]) + 0.9 for t in (5e5, 1e6, 2e6)], rel=1e-3)
+    assert main([str(sweep), "--bootstrap", "0", "--include-eval", "--vocab-size", "50257"]) == 0
+    assert "vocabulary size 50257 (given)" in (sweep / "report.md").read_text()
