@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import random
+import re
 import tomllib
 import typing
 from dataclasses import dataclass, field
@@ -17,6 +18,24 @@ from pathlib import Path
 
 class ConfigError(ValueError):
     """Bad configuration: the message names the key or file and what is allowed."""
+
+
+# A name that becomes one directory: no separators, never "." or "..", never hidden.
+SAFE_NAME = re.compile(r"[A-Za-z0-9_+-][A-Za-z0-9._+-]{0,99}")
+_UNSAFE_CHARS = re.compile(r"[^A-Za-z0-9._+-]")
+NAME_RULE = "letters, digits, '.', '_', '-', '+', at most 100 characters, not starting with '.'"
+
+
+def path_part(text: str) -> str:
+    """`text` made a SAFE_NAME: other characters become '_' (a model.name "org/model" gives "org_model")."""
+    safe = _UNSAFE_CHARS.sub("_", text)[:100]
+    return safe if SAFE_NAME.fullmatch(safe) else "_" + safe[1:100]
+
+
+def check_name(value) -> str:
+    if not isinstance(value, str) or not SAFE_NAME.fullmatch(value):
+        raise ConfigError(f"name: {value!r} is not a usable sweep name; allowed: {NAME_RULE}")
+    return value
 
 
 @dataclass(frozen=True)
@@ -201,7 +220,8 @@ def load_raw(path: str | Path, overrides: list[str] = ()) -> dict:
         raw = tomllib.loads(path.read_text())
     except tomllib.TOMLDecodeError as err:
         raise ConfigError(f"{path}: not valid TOML ({err})") from None
-    raw.setdefault("name", path.stem)
+    raw.setdefault("name", path_part(path.stem))
+    check_name(raw["name"])
     for text in overrides:
         key, value = parse_override(text)
         section, _, leaf = key.partition(".")
@@ -253,7 +273,7 @@ def _build(raw: dict, point: dict) -> Config:
             if allowed and v not in allowed:
                 raise ConfigError(f"{section}.{k}: {v!r} is not one of {', '.join(allowed)}")
         sections[section] = _section_class(section)(**values)
-    return Config(name=str(raw.get("name", "run")), **sections)
+    return Config(name=check_name(raw.get("name", "run")), **sections)
 
 
 def _label(key: str, config: Config) -> str:
@@ -317,9 +337,9 @@ def expand(raw: dict) -> list[RunSpec]:
             seed = config.train.seed if reps == 1 else repetition_seed(config.train.seed, rep)
             cfg = dataclasses.replace(config, train=dataclasses.replace(config.train, seed=seed))
             parts = labels + ([f"rep{rep}"] if reps > 1 else [])
-            runs.append(RunSpec(run_id="-".join(parts) or config.name, config=cfg, repetition=rep))
+            runs.append(RunSpec(run_id=path_part("-".join(parts) or config.name), config=cfg, repetition=rep))
     ids = [r.run_id for r in runs]
-    runs = [dataclasses.replace(r, run_id=f"{i:03d}-{r.run_id}") for i, r in enumerate(runs)]
+    runs = [dataclasses.replace(r, run_id=f"{i:03d}-{r.run_id}"[:100]) for i, r in enumerate(runs)]
     if len(set(ids)) != len(ids):
         raise ConfigError("two runs of the sweep have the same labels; give each [[model]] a distinct name")
     if runs and runs[0].config.sweep.order == "random":

@@ -10,6 +10,7 @@ import functools
 import json
 import math
 import os
+import shlex
 import signal
 import sys
 import time
@@ -29,7 +30,7 @@ from jaxscale.energy import Sampler, measure_idle, open_meter
 from jaxscale.models import build_model, count_params, flops_per_token
 from jaxscale.progress import Progress
 from jaxscale.step import compiled_steps, init_state, step_key
-from jaxscale.sweep import Sweep
+from jaxscale.sweep import Sweep, run_path, write_atomic
 
 
 @dataclasses.dataclass(frozen=True)
@@ -161,7 +162,7 @@ def run_one(spec: RunSpec, data: Prepared, run_dir: Path, progress: Progress, st
                    flops_per_token_matmul=flops_per_token(cfg, data.vocab_size, seq_len),
                    attention=cfg.attention, loss_mode=train.loss, resolved=resolved)
     if writer:
-        (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+        write_atomic(run_dir / "summary.json", json.dumps(summary, indent=2))  # other workers read it
     return summary
 
 
@@ -335,7 +336,7 @@ def run_sweep(raw: dict, out: Path, worker: tuple[int, int] = (0, 1), quiet: boo
                 kind = spec.config.energy.meter
                 if kind not in meters:
                     meters[kind] = open_meter(kind)
-                summary = run_one(spec, prepare_data(spec.config, data_cache), out / spec.run_id, progress, stop,
+                summary = run_one(spec, prepare_data(spec.config, data_cache), sweep.run_dir(spec.run_id), progress, stop,
                                   meters[kind], heartbeat=lambda: sweep.heartbeat(spec.run_id))
                 progress.end_run(summary)
             finally:
@@ -387,13 +388,13 @@ def main(argv=None) -> int:
     sharding.initialize_distributed()
     try:
         raw = load_raw(args.config, args.overrides)
-        out = Path(args.out or Path("runs") / raw["name"])
+        out = Path(args.out) if args.out else run_path(Path("runs"), raw["name"])
         summaries = run_sweep(raw, out, worker=parse_worker(args.worker), quiet=args.quiet)
     except ConfigError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     except Interrupted as stop:
-        command = " ".join(["python -m jaxscale.train", *(argv if argv is not None else sys.argv[1:])])
+        command = shlex.join(["python", "-m", "jaxscale.train", *(argv if argv is not None else sys.argv[1:])])
         print(f"interrupted: {stop}. Rerun the same command to resume:\n  {command}", file=sys.stderr)
         return 130 if "SIGINT" in str(stop) else 143
     failed = sum(s["status"] != "ok" for s in summaries)
