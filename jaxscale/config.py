@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+import math
 import random
 import re
 import tomllib
@@ -183,6 +184,8 @@ def _coerce(key: str, value, typ: type):
             return int(value)
     elif typ is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
+            if not math.isfinite(value):
+                raise ConfigError(f"{key}: must be a finite number, got {value!r}")
             return float(value)
     elif typ is str:
         if isinstance(value, str):
@@ -283,23 +286,46 @@ def _label(key: str, config: Config) -> str:
     return f"{leaf}{getattr(getattr(config, section), leaf)}"  # the typed value: tokens5000, lr0.003, lr1e+30
 
 
+@dataclass(frozen=True)
+class Range:
+    low: float
+    high: float
+    low_open: bool = False  # the bound itself is not allowed
+    high_open: bool = False
+
+    def check(self, key: str, value) -> None:
+        if value < self.low or (self.low_open and value == self.low):
+            raise ConfigError(f"{key}: must be {'>' if self.low_open else '>='} {self.low:g}, got {value}")
+        if value > self.high or (self.high_open and value == self.high):
+            raise ConfigError(f"{key}: must be {'<' if self.high_open else '<='} {self.high:g}, got {value}")
+
+
+_POSITIVE, _NONNEGATIVE, _FRACTION = Range(0, math.inf, low_open=True), Range(0, math.inf), Range(0, 1, high_open=True)
+# Every number of a config. Upper bounds keep values inside what the loader, Grain (seeds < 2**32) and int64
+# arithmetic take, far above any sweep this tool runs; floats are finite already (_coerce).
+RANGES = {
+    "data.seq_len": Range(0, 2**20, low_open=True), "tokenizer.vocab_size": Range(0, 2**24, low_open=True),
+    "model.d_model": Range(0, 2**16, low_open=True), "model.d_mlp": Range(0, 2**18, low_open=True),
+    "model.n_layers": Range(0, 1024, low_open=True), "model.n_heads": Range(0, 2**12),
+    "model.n_kv_heads": Range(0, 2**12), "model.rope_theta": _POSITIVE, "model.norm_eps": Range(0, 1, low_open=True),
+    "train.tokens": Range(1, 1e15), "train.batch_size": Range(0, 2**20, low_open=True), "train.lr": _NONNEGATIVE,
+    "train.min_lr_ratio": Range(0, 1), "train.warmup_frac": _FRACTION, "train.weight_decay": _NONNEGATIVE,
+    "train.beta1": _FRACTION, "train.beta2": _FRACTION, "train.grad_clip": _NONNEGATIVE,
+    "train.seed": Range(0, 2**32 - 1), "train.eval_every": Range(0, 2**40), "train.eval_tokens": Range(0, 1e15),
+    "train.loss_chunk": Range(0, 2**20, low_open=True), "sweep.repetitions": Range(0, 10_000, low_open=True),
+    "sweep.seed": Range(-2**63, 2**63 - 1), "energy.hz": Range(0, 1000, low_open=True),
+    "energy.idle_s": Range(0, 86_400), "checkpoint.every": Range(0, 2**40),
+    "checkpoint.keep": Range(0, 10_000, low_open=True), "mesh.data": Range(-1, 2**20),
+    "mesh.fsdp": Range(-1, 2**20), "mesh.tensor": Range(-1, 2**20),
+}
+
+
 def validate(config: Config) -> None:
     """Impossible values: stop before anything runs."""
     d, t, m = config.data, config.train, config.model
-    positive = {
-        "data.seq_len": d.seq_len, "train.batch_size": t.batch_size, "model.d_model": m.d_model,
-        "model.d_mlp": m.d_mlp, "model.n_layers": m.n_layers, "tokenizer.vocab_size": config.tokenizer.vocab_size,
-        "sweep.repetitions": config.sweep.repetitions, "train.loss_chunk": t.loss_chunk, "energy.hz": config.energy.hz,
-        "checkpoint.keep": config.checkpoint.keep,
-    }
-    for key, value in positive.items():
-        if value <= 0:
-            raise ConfigError(f"{key}: must be > 0, got {value}")
-    for key, value in {"train.lr": t.lr, "train.eval_tokens": t.eval_tokens,
-                       "train.eval_every": t.eval_every, "checkpoint.every": config.checkpoint.every,
-                       "energy.idle_s": config.energy.idle_s, "train.grad_clip": t.grad_clip}.items():
-        if value < 0:
-            raise ConfigError(f"{key}: must be >= 0, got {value}")
+    for key, limits in RANGES.items():
+        section, leaf = key.split(".")
+        limits.check(key, getattr(getattr(config, section), leaf))
     batch_tokens = t.batch_size * d.seq_len
     if t.tokens < batch_tokens:
         raise ConfigError(

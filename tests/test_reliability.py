@@ -179,3 +179,175 @@ def test_the_printed_resume_command_is_shell_quoted(tmp_path, monkeypatch, capsy
     assert train.main(argv) == 143
     command = capsys.readouterr().err.strip().splitlines()[-1]
     assert shlex.split(command) == ["python", "-m", "jaxscale.train", *argv]
+
+
+# --- 4. numbers that pass types but not sense ------------------------------------------------------------------
+@pytest.mark.parametrize("override, message", [
+    ("train.tokens=1e30", "train.tokens: must be <= 1e+15, got 1000000000000000019884624838656"),
+    ("energy.hz=nan", "energy.hz: must be a finite number, got nan"),
+    ("energy.hz=1e9", "energy.hz: must be <= 1000"),
+    ("energy.idle_s=nan", "energy.idle_s: must be a finite number"),
+    ("train.lr=nan", "train.lr: must be a finite number"),
+    ("train.lr=inf", "train.lr: must be a finite number, got inf"),
+    ("train.lr=-inf", "train.lr: must be a finite number"),
+    ("train.weight_decay=nan", "train.weight_decay: must be a finite number"),
+    ("train.weight_decay=-0.1", "train.weight_decay: must be >= 0, got -0.1"),
+    ("train.grad_clip=nan", "train.grad_clip: must be a finite number"),
+    ("train.beta1=2", "train.beta1: must be < 1, got 2.0"),
+    ("train.beta2=1", "train.beta2: must be < 1, got 1.0"),
+    ("train.beta1=-0.5", "train.beta1: must be >= 0"),
+    ("train.min_lr_ratio=-1", "train.min_lr_ratio: must be >= 0, got -1.0"),
+    ("train.min_lr_ratio=1.5", "train.min_lr_ratio: must be <= 1"),
+    ("train.warmup_frac=1", "train.warmup_frac: must be < 1"),
+    ("model.rope_theta=inf", "model.rope_theta: must be a finite number"),
+    ("model.rope_theta=0", "model.rope_theta: must be > 0"),
+    ("model.norm_eps=nan", "model.norm_eps: must be a finite number"),
+    ("model.norm_eps=0", "model.norm_eps: must be > 0"),
+    ("train.seed=-1", "train.seed: must be >= 0"),
+    ("train.seed=1e12", "train.seed: must be <= 4.29497e+09"),
+    ("model.d_model=1e9", "model.d_model: must be <= 65536"),
+    ("train.eval_tokens=-1", "train.eval_tokens: must be >= 0"),
+    ("checkpoint.keep=0", "checkpoint.keep: must be > 0"),
+    ("sweep.repetitions=1e7", "sweep.repetitions: must be <= 10000"),
+    ("mesh.data=-2", "mesh.data: must be >= -1"),
+])
+def test_numbers_out_of_range_are_errors_naming_the_key(tmp_path, override, message):
+    with pytest.raises(ConfigError) as err:
+        expand(load_raw(write(tmp_path, TINY), [override]))
+    assert str(err.value).startswith(message), str(err.value)
+
+
+def test_every_number_of_a_config_has_a_range():
+    import typing
+    from jaxscale.config import RANGES, SECTIONS, Config
+    sections = typing.get_type_hints(Config)
+    numeric = {f"{section}.{key}" for section in SECTIONS
+               for key, typ in typing.get_type_hints(sections[section]).items() if typ in (int, float)}
+    assert len(numeric) > 30 and numeric == set(RANGES)
+
+
+def test_nan_energy_rate_is_exit_2_not_a_traceback(tmp_path):
+    out = tmp_path / "out"
+    one_line_error(cli(write(tmp_path, TINY), out, "energy.hz=nan"), "energy.hz")
+    assert not out.exists()
+
+
+# --- 1. a run's damage never wedges the sweep -------------------------------------------------------------------
+CHECKPOINTED = TINY.replace("tokens = 512", "tokens = 6400") + """
+[model]
+d_model = 16
+d_mlp = 32
+n_layers = 1
+[checkpoint]
+every = 20
+final = true
+"""
+
+
+def losses(run_dir):
+    return [json.loads(line)["loss"] for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+@pytest.fixture(scope="module")
+def checkpointed(tmp_path_factory):
+    """A finished run of 100 steps that kept its last two checkpoints (80, 100), and its losses."""
+    tmp = tmp_path_factory.mktemp("checkpointed")
+    config, out = write(tmp, CHECKPOINTED, name="ck.toml"), tmp / "out"
+    assert cli(config, out).returncode == 0
+    return config, out, losses(out / "000-ck")
+
+
+def test_when_no_checkpoint_can_be_read_the_run_starts_again_cleanly(checkpointed, tmp_path):
+    import shutil
+    config, finished, expected = checkpointed
+    out = tmp_path / "out"
+    shutil.copytree(finished, out)
+    run = out / "000-ck"
+    (run / "summary.json").unlink()  # as if killed after its last checkpoint
+    damaged = sorted((run / "checkpoints").glob("*/state/ocdbt.process_0/d/*"))
+    assert {p.parts[-5] for p in damaged} == {"80", "100"}
+    for path in damaged:  # the arrays only: metadata and the saved iterator position still read
+        path.write_bytes(b"garbage")
+    proc = cli(config, out)
+    assert proc.returncode == 0, proc.stderr
+    assert "no checkpoint could be read" in proc.stderr and "starting again from step 0" in proc.stderr
+    assert sorted(p.name for p in (run / "checkpoints-unreadable").iterdir()) == ["100", "80"]
+    assert losses(run) == expected  # a fresh state and a fresh data order: the run never interrupted
+    assert json.loads((run / "summary.json").read_text())["resumed_at_steps"] == []
+
+
+def test_a_run_that_raises_is_recorded_failed_and_the_sweep_goes_on(tmp_path, monkeypatch, capsys):
+    real = train._train
+
+    def failing(run, state, book):
+        if run.spec.run_id == "000-a":
+            raise RuntimeError("the device fell over\nat step 3")
+        return real(run, state, book)
+
+    monkeypatch.setattr(train, "_train", failing)
+    out = tmp_path / "out"
+    assert train.main(["--config", str(write(tmp_path, PLAIN)), "--out", str(out), "--quiet"]) == 0
+    import csv
+    with open(out / "results.csv") as f:
+        rows = {r["run_id"]: r for r in csv.DictReader(f)}
+    assert rows["000-a"]["status"] == "failed" and rows["000-a"]["reason"] == "RuntimeError: the device fell over at step 3"
+    assert rows["001-b"]["status"] == "ok"
+    assert "the device fell over" in (out / "000-a" / "error.txt").read_text()
+    assert "run 000-a failed (RuntimeError: the device fell over at step 3)" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("error", [KeyboardInterrupt(), ConfigError("train.x: bad")])
+def test_keyboard_interrupt_and_config_errors_still_stop_the_sweep(tmp_path, monkeypatch, error):
+    def failing(run, state, book):
+        raise error
+
+    monkeypatch.setattr(train, "_train", failing)
+    argv = ["--config", str(write(tmp_path, PLAIN)), "--out", str(tmp_path / "out"), "--quiet"]
+    if isinstance(error, KeyboardInterrupt):
+        with pytest.raises(KeyboardInterrupt):
+            train.main(argv)
+    else:
+        assert train.main(argv) == 2
+    assert not (tmp_path / "out" / "000-a" / "summary.json").exists()
+
+
+# --- issue 16.5: a resumed run restores into abstract shapes, never building a second state ---------------------
+def test_a_resumed_run_never_initialises_a_state(checkpointed, tmp_path, monkeypatch):
+    import signal
+    from jaxscale.progress import Progress
+    _, _, expected = checkpointed
+    config, out = write(tmp_path, CHECKPOINTED, name="ck.toml"), tmp_path / "out"
+    argv = ["--config", str(config), "--out", str(out), "--quiet"]
+    real_step = Progress.step
+
+    def stop_at_30(self, step, *args):
+        if step == 30:
+            os.kill(os.getpid(), signal.SIGTERM)  # caught by the run: checkpoint at the next boundary, then stop
+        return real_step(self, step, *args)
+
+    monkeypatch.setattr(Progress, "step", stop_at_30)
+    assert train.main(argv) == 143
+    monkeypatch.setattr(Progress, "step", real_step)
+    calls = []
+    real_init = train.init_state
+    monkeypatch.setattr(train, "init_state", lambda *a, **k: calls.append(a) or real_init(*a, **k))
+    assert train.main(argv) == 0
+    assert calls == []
+    summary = json.loads((out / "000-ck" / "summary.json").read_text())
+    [resumed_at] = summary["resumed_at_steps"]
+    assert 30 <= resumed_at < 100
+    assert losses(out / "000-ck") == expected
+
+
+# --- 5. nothing is written before the whole sweep is checked ---------------------------------------------------
+def test_a_held_out_split_too_short_for_one_run_is_an_error_before_any_write(tmp_path):
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    (corpus / "train.txt").write_text("".join(f"the {i % 7} cat sat on mat {i % 11}.\n" for i in range(400)))
+    (corpus / "valid.txt").write_text("the cat sat on the mat.\n")
+    (corpus / "test.txt").write_text("the cat sat on the mat.\n")
+    config = write(tmp_path, TINY.replace("seq_len = 16", "seq_len = [4, 64]").replace("tokens = 512", "tokens = 2048"))
+    out = tmp_path / "out"
+    line = one_line_error(cli(config, out, f"data.path={corpus}"), "data.seq_len: the held-out (valid) split has")
+    assert "fewer than one window of seq_len + 1 = 65" in line
+    assert not out.exists()  # not even the run with seq_len 4, which could have trained
