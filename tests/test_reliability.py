@@ -351,3 +351,47 @@ def test_a_held_out_split_too_short_for_one_run_is_an_error_before_any_write(tmp
     line = one_line_error(cli(config, out, f"data.path={corpus}"), "data.seq_len: the held-out (valid) split has")
     assert "fewer than one window of seq_len + 1 = 65" in line
     assert not out.exists()  # not even the run with seq_len 4, which could have trained
+
+
+# --- 9. fits the data cannot pin ----------------------------------------------------------------------------------
+def nine_runs(tmp_path, noise=0.02):
+    """A quickstart-like sweep: 3 small models x 3 budgets, 2% noise on a toy law."""
+    import numpy as np
+    from jaxscale.laws.law import ChinchillaLaw
+    law = ChinchillaLaw(E=3.0, A=40.0, B=60.0, alpha=0.25, beta=0.25)
+    n, d = (a.ravel() for a in np.meshgrid([7e4, 1.4e5, 3e5], [2e4, 1e5, 3e5]))
+    loss = law.loss(n, d) * np.exp(np.random.default_rng(0).normal(0, noise, n.size))
+    lines = ["run_id,model,n_params,tokens,flops,eval_loss,status"]
+    lines += [f"{i:03d},m{int(a)},{int(a)},{int(b)},{6 * a * b},{c},ok" for i, (a, b, c) in enumerate(zip(n, d, loss))]
+    tmp_path.mkdir(parents=True, exist_ok=True)
+    (tmp_path / "results.csv").write_text("\n".join(lines) + "\n")
+    return tmp_path
+
+
+def test_the_report_says_when_nine_runs_cannot_pin_the_law(tmp_path):
+    from jaxscale.analyze import write_report
+    report = write_report(nine_runs(tmp_path / "sweep"), bootstrap=200).read_text()
+    assert "**Warning:** These runs cannot pin the law: the 95% intervals of E, A span more than a factor of 100" in report
+    assert "**Warning:** The inference-aware optimum lies outside what was trained (" in report
+    assert "outside the trained 2e+04 to 3e+05): the law is extrapolated there" in report  # D, the budgets trained
+
+
+def test_laws_fit_says_the_same(tmp_path, capsys):
+    from jaxscale.laws.__main__ import main
+    csv_path = nine_runs(tmp_path) / "results.csv"
+    argv = ["fit", str(csv_path), "--params-col", "n_params", "--tokens-col", "tokens", "--loss-col", "eval_loss",
+            "--bootstrap", "200"]
+    assert main(argv) == 0
+    assert "warning: These runs cannot pin the law: the 95% intervals of E, A" in capsys.readouterr().out
+    assert main(argv + ["--json"]) == 0
+    assert any(w.startswith("These runs cannot pin") for w in json.loads(capsys.readouterr().out)["warnings"])
+
+
+def test_range_warning_names_what_lies_outside_the_trained_runs():
+    from jaxscale.laws.pinning import range_warning
+    trained_n, trained_d = [7e4, 1.4e5, 3e5], [2e4, 1e5, 3e5]
+    assert range_warning("X", [1e5], [2e4], trained_n, trained_d) is None
+    assert range_warning("X", [4e4, 5.5e5], [1.1e4, 5.5e5], trained_n, trained_d) is None  # within 2x of the edges
+    text = range_warning("The optimum", [5e3, 1e5], [1e6], trained_n, trained_d)
+    assert text == ("The optimum lies outside what was trained (N = 5e+03, 1e+05 outside the trained 7e+04 to 3e+05; "
+                    "D = 1e+06 outside the trained 2e+04 to 3e+05): the law is extrapolated there, not measured.")
