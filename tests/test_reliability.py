@@ -395,3 +395,71 @@ def test_range_warning_names_what_lies_outside_the_trained_runs():
     text = range_warning("The optimum", [5e3, 1e5], [1e6], trained_n, trained_d)
     assert text == ("The optimum lies outside what was trained (N = 5e+03, 1e+05 outside the trained 7e+04 to 3e+05; "
                     "D = 1e+06 outside the trained 2e+04 to 3e+05): the law is extrapolated there, not measured.")
+
+
+# --- 10. random bad input ends in a run or a one-line error, never a traceback or a file outside --out ----------
+POOL = ["0", "1", "2", "-1", "0.5", "0.9", "0.01", "1e-3", "4", "16", "100", "3.7", "1e15", "1e30", "-1e30", "nan",
+        "inf", "-inf", "true", "'x'", "[]", "[0.1, 0.2]", "{a = 1}", "''", "'../x'", "'/tmp/x'", "'a/b'", "../x",
+        "/tmp/x", "a/b", "a b", "2**31"]
+NAMES = ["'ok-name'", "'x.y_z+1'", "'../x'", "'/tmp/x'", "'a/b'", "['a', 'b']", "3", "'.hidden'", "''", "'a b'"]
+STRING_KEYS = ["model.name", "data.path", "tokenizer.path", "model.arch", "train.loss", "energy.meter"]
+CHEAP_KEYS = ["train.lr", "train.weight_decay", "train.beta1", "train.beta2", "train.grad_clip", "model.name",
+              "train.min_lr_ratio", "train.warmup_frac", "model.norm_eps", "train.seed", "checkpoint.every"]
+
+
+def random_case(rng, keys):
+    overrides = [f"{rng.choice(keys)}={rng.choice(POOL)}" for _ in range(rng.randint(1, 2))]
+    return overrides, (rng.choice(NAMES) if rng.random() < 0.25 else None)
+
+
+def case_config(tmp_path, i, name):
+    text = (f"name = {name}\n" if name is not None else "") + TINY
+    return write(tmp_path, text, name=f"case{i}.toml")
+
+
+def test_random_overrides_end_in_a_valid_sweep_or_a_one_line_config_error(tmp_path):
+    import random
+    from jaxscale.config import RANGES
+    rng = random.Random(20)
+    keys = list(RANGES) + STRING_KEYS
+    outcomes = {"valid": 0, "error": 0}
+    for i in range(60):
+        overrides, name = random_case(rng, keys)
+        config = case_config(tmp_path, i, name)
+        try:
+            runs, _ = train.check_sweep(load_raw(config, overrides))
+        except ConfigError as err:
+            assert str(err) and "\n" not in str(err), (overrides, name, str(err))
+            outcomes["error"] += 1
+        except Exception as err:  # noqa: BLE001 - the point of the test
+            pytest.fail(f"{overrides} name={name}: {type(err).__name__}: {err}")
+        else:
+            out = (tmp_path / "out").resolve()
+            assert all(sweeps.run_path(out, r.run_id).resolve().parent == out for r in runs), (overrides, name)
+            outcomes["valid"] += 1
+    assert outcomes["valid"] >= 4 and outcomes["error"] >= 30, outcomes  # both ends were exercised
+
+
+def tree(path):
+    return {p for p in path.rglob("*")}
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_random_overrides_through_the_command_line(tmp_path, seed):
+    import random
+    rng = random.Random(1000 + seed)
+    overrides, name = random_case(rng, CHEAP_KEYS if seed < 2 else CHEAP_KEYS + STRING_KEYS + ["train.tokens"])
+    if seed < 2:  # cases that may well train: small ones
+        overrides = [o for o in overrides if not o.startswith("train.tokens")]
+    config = case_config(tmp_path, seed, name)
+    out = tmp_path / "sweep out"
+    before, top = tree(tmp_path), set(ROOT.iterdir())
+    proc = cli(config, out, *overrides)
+    assert "Traceback" not in proc.stderr, (overrides, name, proc.stderr)
+    if proc.returncode == 0:
+        assert (out / "results.csv").is_file()
+    else:
+        one_line_error(proc)
+        assert not out.exists()
+    assert {p for p in tree(tmp_path) - before if out not in p.parents and p != out} == set()
+    assert set(ROOT.iterdir()) == top
