@@ -22,6 +22,7 @@ RESULT_COLUMNS = [
 ]
 STALE_CLAIM_S = 600.0  # a claim not refreshed for this long belongs to a dead worker on another host
 HEARTBEAT_S = 30.0
+TORN_CLAIM_S = 60.0  # an unreadable claim this old will never be completed
 
 
 def run_path(out: Path, name: str) -> Path:
@@ -135,10 +136,14 @@ class Sweep:
     # --- claims ------------------------------------------------------------------------------
     def _stale(self, claim: Path) -> bool:
         try:
-            owner = json.loads(claim.read_text())
             age = time.time() - claim.stat().st_mtime
-        except (OSError, ValueError):
-            return False  # being written or just removed: not ours to take
+            owner = json.loads(claim.read_text())
+        except OSError:
+            return False  # just removed: not ours to take
+        except ValueError:  # being written, or its writer was killed between creating and filling it
+            return age > TORN_CLAIM_S
+        if not isinstance(owner, dict):
+            return age > TORN_CLAIM_S
         if owner.get("host") == socket.gethostname():
             return not _pid_alive(owner.get("pid", -1))
         return age > STALE_CLAIM_S

@@ -166,6 +166,18 @@ def test_stale_claims_are_taken_over_without_leaving_files(tmp_path):
     assert not list(sweep.claims.glob(".*"))
 
 
+def test_a_claim_torn_by_a_kill_is_taken_over_once_it_is_old(tmp_path):
+    raw = load_raw(write(tmp_path, PLAIN))
+    runs = expand(raw)
+    sweep = Sweep(tmp_path / "out", raw, runs)
+    claims = [sweep.claims / f"{r.run_id}.claim" for r in runs]
+    for claim in claims:
+        claim.write_text("")  # created, killed before its owner was written
+    os.utime(claims[0], (0, 0))
+    assert sweep.state(runs[0].run_id) == "pending" and sweep.state(runs[1].run_id) == "running"
+    assert sweep.claim(runs[0].run_id) and not sweep.claim(runs[1].run_id)
+
+
 # --- 8. the resume command --------------------------------------------------------------------------------------
 def test_the_printed_resume_command_is_shell_quoted(tmp_path, monkeypatch, capsys):
     (tmp_path / "my configs").mkdir()
