@@ -9,7 +9,6 @@ import warnings
 from pathlib import Path
 
 import grain
-import jax
 import orbax.checkpoint as ocp
 
 log = logging.getLogger("jaxscale")

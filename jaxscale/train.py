@@ -23,24 +23,14 @@ import numpy as np
 
 from jaxscale import runtime, sharding
 from jaxscale.checkpoint import RunCheckpoints
-from jaxscale.config import Config, ConfigError, RunSpec, expand, load_raw, to_dict
-from jaxscale.data.corpora import load_corpus
+from jaxscale.config import Config, ConfigError, RunSpec, load_raw, to_dict
 from jaxscale.data.loader import Budget, eval_batches, plan_budget, train_dataset, train_iterator
-from jaxscale.data.tokenize import load_tokenizer, token_splits
 from jaxscale.energy import Sampler, measure_idle, open_meter
 from jaxscale.models import build_model, count_params, flops_per_token
+from jaxscale.precheck import Prepared, check_sweep, mesh_for, prepare_data
 from jaxscale.progress import Progress
 from jaxscale.step import abstract_state, compiled_steps, init_state, step_key
 from jaxscale.sweep import Sweep, run_path, write_atomic
-
-
-@dataclasses.dataclass(frozen=True)
-class Prepared:
-    """Token arrays and vocabulary for one (data, tokenizer) setting, shared by every run that uses it."""
-
-    splits: dict
-    vocab_size: int
-    description: str
 
 
 class Interrupted(Exception):
@@ -68,15 +58,6 @@ class StopSignals:
     def __exit__(self, *exc):
         for sig, handler in self._previous.items():
             signal.signal(sig, handler)
-
-
-def prepare_data(config: Config, cache: dict) -> Prepared:
-    key = (config.data.source, config.data.path, config.data.hf_name, config.tokenizer)
-    if key not in cache:
-        corpus = load_corpus(config.data)
-        tokenizer = load_tokenizer(config.tokenizer, corpus)
-        cache[key] = Prepared(token_splits(corpus, tokenizer), tokenizer.vocab_size, f"{corpus.name} / {tokenizer.name}")
-    return cache[key]
 
 
 _COMPILED: dict = {}
@@ -180,11 +161,6 @@ def _resume_or_start(spec: RunSpec, model, budget: Budget, mesh, checkpoints: Ru
     book = {"records": [], "wall_s": 0.0, "eval_s": 0.0, "compile_s": 0.0, "resumed_at": [], "energy": []}
     state = init_state(model, train, budget.steps, seq_len, jax.random.key(train.seed), mesh=mesh)
     return state, book, new_batches()
-
-
-@functools.lru_cache(maxsize=None)
-def mesh_for(cfg):
-    return sharding.make_mesh(cfg)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -328,24 +304,6 @@ def _train(run: Run, state, book: dict) -> dict:
         save(budget.steps, wait=True)
     checkpoints.close(remove=not config.checkpoint.final)
     return summary
-
-
-def check_sweep(raw: dict) -> tuple[list[RunSpec], dict]:
-    """(runs, data cache): every run's config, corpus, tokenizer, budget, held-out split and resolved `auto`s
-    checked (ConfigError) before anything of the sweep is written."""
-    runs = expand(raw)
-    data_cache: dict = {}
-    for spec in runs:
-        config, seq_len = spec.config, spec.config.data.seq_len
-        data = prepare_data(config, data_cache)
-        plan_budget(len(data.splits["train"]), seq_len, config.train.batch_size, config.train.tokens)
-        eval_batches(data.splits["valid"], seq_len, config.train.batch_size, seq_len)
-        mesh = mesh_for(config.mesh)
-        runtime.resolve(config, runtime.hardware(mesh.devices.flat), data.vocab_size)
-        if config.train.batch_size % sharding.data_shard(mesh)[1]:
-            raise ConfigError(f"train.batch_size {config.train.batch_size} is not divisible by the "
-                              f"{sharding.data_shard(mesh)[1]} processes")
-    return runs, data_cache
 
 
 def failed_summary(spec: RunSpec, err: Exception, run_dir: Path) -> dict:
