@@ -310,8 +310,9 @@ def failed_summary(spec: RunSpec, err: Exception, run_dir: Path) -> dict:
     """The record of a run that raised: the sweep goes on; deleting its summary.json retries it."""
     cfg = spec.config
     reason = " ".join(f"{type(err).__name__}: {err}".split())[:500]
-    run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "error.txt").write_text("".join(traceback.format_exception(err)))
+    if sharding.is_writer():
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "error.txt").write_text("".join(traceback.format_exception(err)))
     print(f"run {spec.run_id} failed ({reason}); traceback in {run_dir / 'error.txt'}", file=sys.stderr)
     return {"run_id": spec.run_id, "model": cfg.model.label, "d_model": cfg.model.d_model, "d_mlp": cfg.model.d_mlp,
             "n_layers": cfg.model.n_layers, "token_budget": cfg.train.tokens, "repetition": spec.repetition,
