@@ -19,6 +19,7 @@ from jaxscale.laws.chinchilla import fit_chinchilla
 from jaxscale.laws.frontier import compute_optimal_points, envelope, fit_power_law, frontier_points, isoflop_optima
 from jaxscale.laws.inference import chinchilla_style, inference_optimal
 from jaxscale.laws.law import HOFFMANN, ChinchillaLaw
+from jaxscale.laws.pinning import interval_warning, range_warning
 from jaxscale.laws.stats import paired_tests, rm_anova
 from jaxscale.laws.table import InputError, numbers, read_csv, require_columns
 
@@ -221,6 +222,8 @@ def chinchilla_section(runs: Runs, plots_dir: Path, bootstrap: int, seed: int):
         "",
     ]
     lines += _table(["constant", "fit", "95% CI"], rows)
+    if warning := interval_warning(fit.ci):
+        lines += [f"**Warning:** {warning}", ""]
     return lines + ["![loss vs N and D](plots/loss_vs_params_and_tokens.png)", ""], fit.law
 
 
@@ -245,9 +248,10 @@ def inference_section(runs: Runs, plots_dir: Path, law: ChinchillaLaw | None) ->
     ratios = np.geomspace(1e-2, 1e3, 61)
     shares = np.array([versus_chinchilla(r)[1] for r in ratios])
     plots.inference_optimum(plots_dir / "inference_optimum.png", ratios, *shares.T, target, source)
-    rows = []
+    rows, optima = [], []
     for ratio in (0.01, 0.1, 1.0, 10.0, 100.0, 1000.0):
         best, (_, _, flops_share) = versus_chinchilla(ratio)
+        optima.append((best.params, best.train_tokens))
         rows.append([f"{ratio:g}", f"{best.params:.4g}", f"{best.train_tokens:.4g}",
                      f"{best.train_tokens / best.params:.3g}", f"{100 * flops_share:.1f}%"])  # fmt: skip
     lines += [
@@ -258,6 +262,10 @@ def inference_section(runs: Runs, plots_dir: Path, law: ChinchillaLaw | None) ->
     ]
     header = ["inference tokens / D_chinchilla", "N", "D_train", "D/N", "lifetime FLOPs vs Chinchilla-style"]
     lines += _table(header, rows)
+    params, tokens = np.array(optima).T
+    if warning := range_warning("The inference-aware optimum", [params.min(), params.max()],
+                                [tokens.min(), tokens.max()], runs.params, runs.tokens):
+        lines += [f"**Warning:** {warning}", ""]
     return lines + ["![inference-aware optimum](plots/inference_optimum.png)", ""]
 
 

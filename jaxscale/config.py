@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+import math
 import random
+import re
 import tomllib
 import typing
 from dataclasses import dataclass, field
@@ -17,6 +19,24 @@ from pathlib import Path
 
 class ConfigError(ValueError):
     """Bad configuration: the message names the key or file and what is allowed."""
+
+
+# A name that becomes one directory: no separators, never "." or "..", never hidden.
+SAFE_NAME = re.compile(r"[A-Za-z0-9_+-][A-Za-z0-9._+-]{0,99}")
+_UNSAFE_CHARS = re.compile(r"[^A-Za-z0-9._+-]")
+NAME_RULE = "letters, digits, '.', '_', '-', '+', at most 100 characters, not starting with '.'"
+
+
+def path_part(text: str) -> str:
+    """`text` made a SAFE_NAME: other characters become '_' (a model.name "org/model" gives "org_model")."""
+    safe = _UNSAFE_CHARS.sub("_", text)[:100]
+    return safe if SAFE_NAME.fullmatch(safe) else "_" + safe[1:100]
+
+
+def check_name(value) -> str:
+    if not isinstance(value, str) or not SAFE_NAME.fullmatch(value):
+        raise ConfigError(f"name: {value!r} is not a usable sweep name; allowed: {NAME_RULE}")
+    return value
 
 
 @dataclass(frozen=True)
@@ -170,6 +190,8 @@ def _coerce(key: str, value, typ: type):
             return int(value)
     elif typ is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
+            if not math.isfinite(value):
+                raise ConfigError(f"{key}: must be a finite number, got {value!r}")
             return float(value)
     elif typ is str:
         if isinstance(value, str):
@@ -207,7 +229,8 @@ def load_raw(path: str | Path, overrides: list[str] = ()) -> dict:
         raw = tomllib.loads(path.read_text())
     except tomllib.TOMLDecodeError as err:
         raise ConfigError(f"{path}: not valid TOML ({err})") from None
-    raw.setdefault("name", path.stem)
+    raw.setdefault("name", path_part(path.stem))
+    check_name(raw["name"])
     for text in overrides:
         key, value = parse_override(text)
         section, _, leaf = key.partition(".")
@@ -259,7 +282,7 @@ def _build(raw: dict, point: dict) -> Config:
             if allowed and v not in allowed:
                 raise ConfigError(f"{section}.{k}: {v!r} is not one of {', '.join(allowed)}")
         sections[section] = _section_class(section)(**values)
-    return Config(name=str(raw.get("name", "run")), **sections)
+    return Config(name=check_name(raw.get("name", "run")), **sections)
 
 
 def _label(key: str, config: Config) -> str:
@@ -269,24 +292,47 @@ def _label(key: str, config: Config) -> str:
     return f"{leaf}{getattr(getattr(config, section), leaf)}"  # the typed value: tokens5000, lr0.003, lr1e+30
 
 
+@dataclass(frozen=True)
+class Range:
+    low: float
+    high: float
+    low_open: bool = False  # the bound itself is not allowed
+    high_open: bool = False
+
+    def check(self, key: str, value) -> None:
+        if value < self.low or (self.low_open and value == self.low):
+            raise ConfigError(f"{key}: must be {'>' if self.low_open else '>='} {self.low:g}, got {value}")
+        if value > self.high or (self.high_open and value == self.high):
+            raise ConfigError(f"{key}: must be {'<' if self.high_open else '<='} {self.high:g}, got {value}")
+
+
+_POSITIVE, _NONNEGATIVE, _FRACTION = Range(0, math.inf, low_open=True), Range(0, math.inf), Range(0, 1, high_open=True)
+# Every number of a config. Upper bounds keep values inside what the loader, Grain (seeds < 2**32) and int64
+# arithmetic take, far above any sweep this tool runs; floats are finite already (_coerce).
+RANGES = {
+    "data.seq_len": Range(0, 2**20, low_open=True), "tokenizer.vocab_size": Range(0, 2**24, low_open=True),
+    "model.d_model": Range(0, 2**16, low_open=True), "model.d_mlp": Range(0, 2**18, low_open=True),
+    "model.n_layers": Range(0, 1024, low_open=True), "model.n_heads": Range(0, 2**12),
+    "model.n_kv_heads": Range(0, 2**12), "model.rope_theta": _POSITIVE, "model.norm_eps": Range(0, 1, low_open=True),
+    "train.tokens": Range(1, 1e15), "train.batch_size": Range(0, 2**20, low_open=True), "train.lr": _NONNEGATIVE,
+    "train.min_lr_ratio": Range(0, 1), "train.warmup_frac": _FRACTION, "train.weight_decay": _NONNEGATIVE,
+    "train.beta1": _FRACTION, "train.beta2": _FRACTION, "train.grad_clip": _NONNEGATIVE,
+    "train.seed": Range(0, 2**32 - 1), "train.eval_every": Range(0, 2**40), "train.eval_tokens": Range(0, 1e15),
+    "train.loss_chunk": Range(0, 2**20, low_open=True), "sweep.repetitions": Range(0, 10_000, low_open=True),
+    "sweep.seed": Range(-2**63, 2**63 - 1), "energy.hz": Range(0, 1000, low_open=True),
+    "energy.idle_s": Range(0, 86_400), "checkpoint.every": Range(0, 2**40),
+    "checkpoint.keep": Range(0, 10_000, low_open=True), "mesh.data": Range(-1, 2**20),
+    "mesh.fsdp": Range(-1, 2**20), "mesh.tensor": Range(-1, 2**20),
+    "data.max_epochs": Range(0, 1e6), "train.cooldown_frac": Range(0, 1, low_open=True),
+}
+
+
 def validate(config: Config) -> None:
     """Impossible values: stop before anything runs."""
     d, t, m = config.data, config.train, config.model
-    positive = {
-        "data.seq_len": d.seq_len, "train.batch_size": t.batch_size, "model.d_model": m.d_model,
-        "model.d_mlp": m.d_mlp, "model.n_layers": m.n_layers, "tokenizer.vocab_size": config.tokenizer.vocab_size,
-        "sweep.repetitions": config.sweep.repetitions, "train.loss_chunk": t.loss_chunk, "energy.hz": config.energy.hz,
-        "checkpoint.keep": config.checkpoint.keep,
-    }
-    for key, value in positive.items():
-        if value <= 0:
-            raise ConfigError(f"{key}: must be > 0, got {value}")
-    for key, value in {"train.lr": t.lr, "train.eval_tokens": t.eval_tokens,
-                       "train.eval_every": t.eval_every, "checkpoint.every": config.checkpoint.every,
-                       "energy.idle_s": config.energy.idle_s, "train.grad_clip": t.grad_clip,
-                       "data.max_epochs": d.max_epochs}.items():
-        if value < 0:
-            raise ConfigError(f"{key}: must be >= 0, got {value}")
+    for key, limits in RANGES.items():
+        section, leaf = key.split(".")
+        limits.check(key, getattr(getattr(config, section), leaf))
     batch_tokens = t.batch_size * d.seq_len
     if t.tokens < batch_tokens:
         raise ConfigError(
@@ -294,8 +340,6 @@ def validate(config: Config) -> None:
             f"(train.batch_size {t.batch_size} x data.seq_len {d.seq_len} = {batch_tokens})")
     if not 0 <= t.warmup_frac < 1:
         raise ConfigError(f"train.warmup_frac: must be in [0, 1), got {t.warmup_frac}")
-    if not 0 < t.cooldown_frac <= 1:
-        raise ConfigError(f"train.cooldown_frac: must be in (0, 1], got {t.cooldown_frac}")
     if t.schedule == "wsd" and t.warmup_frac + t.cooldown_frac > 1:
         raise ConfigError(f"train.cooldown_frac: warmup ({t.warmup_frac}) and cooldown ({t.cooldown_frac}) "
                           "together exceed the run")
@@ -329,9 +373,9 @@ def expand(raw: dict) -> list[RunSpec]:
             seed = config.train.seed if reps == 1 else repetition_seed(config.train.seed, rep)
             cfg = dataclasses.replace(config, train=dataclasses.replace(config.train, seed=seed))
             parts = labels + ([f"rep{rep}"] if reps > 1 else [])
-            runs.append(RunSpec(run_id="-".join(parts) or config.name, config=cfg, repetition=rep))
+            runs.append(RunSpec(run_id=path_part("-".join(parts) or config.name), config=cfg, repetition=rep))
     ids = [r.run_id for r in runs]
-    runs = [dataclasses.replace(r, run_id=f"{i:03d}-{r.run_id}") for i, r in enumerate(runs)]
+    runs = [dataclasses.replace(r, run_id=f"{i:03d}-{r.run_id}"[:100]) for i, r in enumerate(runs)]
     if len(set(ids)) != len(ids):
         raise ConfigError("two runs of the sweep have the same labels; give each [[model]] a distinct name")
     if runs and runs[0].config.sweep.order == "random":

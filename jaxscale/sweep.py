@@ -8,10 +8,11 @@ import fcntl
 import json
 import os
 import socket
+import sys
 import time
 from pathlib import Path
 
-from jaxscale.config import ConfigError, RunSpec
+from jaxscale.config import NAME_RULE, SAFE_NAME, ConfigError, RunSpec
 
 RESULT_COLUMNS = [
     "run_id", "model", "d_model", "d_mlp", "n_layers", "n_params", "n_params_nonembed", "tokens", "flops",
@@ -23,9 +24,17 @@ RESULT_COLUMNS = [
 ]
 STALE_CLAIM_S = 600.0  # a claim not refreshed for this long belongs to a dead worker on another host
 HEARTBEAT_S = 30.0
+TORN_CLAIM_S = 60.0  # an unreadable claim this old will never be completed
 
 
-def _write_atomic(path: Path, text: str) -> None:
+def run_path(out: Path, name: str) -> Path:
+    """The only way a name from a config becomes a path: one safe component, so it stays inside `out`."""
+    if not SAFE_NAME.fullmatch(name):
+        raise ConfigError(f"{name!r} cannot name a directory inside {out}; allowed: {NAME_RULE}")
+    return Path(out) / name
+
+
+def write_atomic(path: Path, text: str) -> None:
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     tmp.write_text(text)
     tmp.replace(path)
@@ -41,6 +50,14 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
+def _sweep_config(marker: Path) -> dict:
+    try:
+        return json.loads(marker.read_text())["config"]
+    except (ValueError, KeyError, TypeError) as err:
+        raise ConfigError(f"{marker} is damaged ({type(err).__name__}); it records which sweep this directory "
+                          "holds: restore it from a backup, or choose another --out") from None
+
+
 class Sweep:
     """`writer`: this process writes the shared files (process 0 of a multi-host job; the others
     only read). `claiming`: runs are taken through claim files; a multi-host job trains every run
@@ -51,32 +68,68 @@ class Sweep:
         self.out, self.runs, self.writer, self.claiming = Path(out), runs, writer, claiming
         self.claims = self.out / "claims"
         self._heartbeat = 0.0
-        marker = self.out / "sweep.json"
         if not writer:
             return
+        try:
+            self._open(raw, runs)
+        except OSError as err:
+            raise ConfigError(f"--out {self.out}: cannot write there ({err.strerror or err}); "
+                              "choose a writable directory") from None
+
+    def _open(self, raw: dict, runs: list[RunSpec]) -> None:
+        marker = self.out / "sweep.json"
+        if self.out.exists() and not self.out.is_dir():
+            raise ConfigError(f"--out {self.out}: exists and is not a directory; choose another --out")
         if self.out.exists() and any(self.out.iterdir()):
-            if not marker.is_file() or json.loads(marker.read_text()).get("config") != raw:
+            if not marker.is_file() or _sweep_config(marker) != raw:
                 raise ConfigError(f"output directory {self.out} already holds other results; "
                                   "choose another --out or remove it")
         else:
             self.out.mkdir(parents=True, exist_ok=True)
             order = runs[0].config.sweep if runs else None
-            _write_atomic(marker, json.dumps({"config": raw, "order": order.order if order else "sequential",
-                                              "order_seed": order.seed if order else 0,
-                                              "runs": [r.run_id for r in runs]}, indent=2))
+            write_atomic(marker, json.dumps({"config": raw, "order": order.order if order else "sequential",
+                                             "order_seed": order.seed if order else 0,
+                                             "runs": [r.run_id for r in runs]}, indent=2))
         self.claims.mkdir(exist_ok=True)
+        for left in self.claims.glob(".*.stale.*"):  # renamed away by an older version that kept them
+            with contextlib.suppress(FileNotFoundError):
+                left.unlink()
 
     # --- run states --------------------------------------------------------------------------
+    def run_dir(self, run_id: str) -> Path:
+        return run_path(self.out, run_id)
+
     def summary_path(self, run_id: str) -> Path:
-        return self.out / run_id / "summary.json"
+        return self.run_dir(run_id) / "summary.json"
+
+    def summary(self, run_id: str) -> dict | None:
+        """The run's summary, or None; a damaged one is moved aside (the run is then trained again)."""
+        path = self.summary_path(run_id)
+        try:
+            summary = json.loads(path.read_text())
+            if summary.get("status") in ("ok", "failed"):
+                return summary
+            problem = f"status {summary.get('status')!r} is not ok or failed"
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError, AttributeError) as err:  # AttributeError: valid JSON, but not an object
+            problem = f"{type(err).__name__}: {str(err)[:100]}"
+        aside = path.with_name("summary.damaged.json")
+        if self.writer:
+            with contextlib.suppress(FileNotFoundError):
+                path.replace(aside)
+        print(f"warning: {path} is damaged ({problem}); moved to {aside.name}, run {run_id} will be trained again",
+              file=sys.stderr)
+        return None
 
     def state(self, run_id: str) -> str:
-        if self.summary_path(run_id).is_file():
-            return json.loads(self.summary_path(run_id).read_text())["status"]  # ok | failed
+        summary = self.summary(run_id)
+        if summary is not None:
+            return summary["status"]  # ok | failed
         claim = self.claims / f"{run_id}.claim"
         if claim.is_file() and not self._stale(claim):
             return "running"
-        return "interrupted" if (self.out / run_id / "checkpoints").is_dir() else "pending"
+        return "interrupted" if (self.run_dir(run_id) / "checkpoints").is_dir() else "pending"
 
     def pending(self, worker: tuple[int, int] = (0, 1)) -> list[RunSpec]:
         index, count = worker
@@ -85,10 +138,14 @@ class Sweep:
     # --- claims ------------------------------------------------------------------------------
     def _stale(self, claim: Path) -> bool:
         try:
-            owner = json.loads(claim.read_text())
             age = time.time() - claim.stat().st_mtime
-        except (OSError, ValueError):
-            return False  # being written or just removed: not ours to take
+            owner = json.loads(claim.read_text())
+        except OSError:
+            return False  # just removed: not ours to take
+        except ValueError:  # being written, or its writer was killed between creating and filling it
+            return age > TORN_CLAIM_S
+        if not isinstance(owner, dict):
+            return age > TORN_CLAIM_S
         if owner.get("host") == socket.gethostname():
             return not _pid_alive(owner.get("pid", -1))
         return age > STALE_CLAIM_S
@@ -100,8 +157,10 @@ class Sweep:
             return True
         path = self.claims / f"{run_id}.claim"
         if path.exists() and self._stale(path):
+            aside = path.with_name(f".{run_id}.stale.{os.getpid()}")
             with contextlib.suppress(FileNotFoundError):
-                path.rename(path.with_name(f".{run_id}.stale.{os.getpid()}"))
+                path.rename(aside)
+                aside.unlink()  # only the racer whose rename succeeded gets here
         if self.summary_path(run_id).is_file():
             return False
         try:
@@ -139,8 +198,7 @@ class Sweep:
                 fcntl.flock(lock, fcntl.LOCK_UN)
 
     def summaries(self) -> list[dict]:
-        return [json.loads(self.summary_path(r.run_id).read_text()) for r in self.runs
-                if self.summary_path(r.run_id).is_file()]
+        return [s for r in self.runs if (s := self.summary(r.run_id)) is not None]
 
     def update(self) -> list[dict]:
         """Rewrite manifest.json and results.csv from what is on disk (under a lock: many workers)."""
@@ -148,7 +206,7 @@ class Sweep:
             return self.summaries()
         with self._locked():
             states = [{"run_id": r.run_id, "state": self.state(r.run_id)} for r in self.runs]
-            _write_atomic(self.out / "manifest.json", json.dumps({"runs": states}, indent=2))
+            write_atomic(self.out / "manifest.json", json.dumps({"runs": states}, indent=2))
             summaries = self.summaries()
             tmp = self.out / f".results.{os.getpid()}.tmp"
             with open(tmp, "w", newline="") as f:

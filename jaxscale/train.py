@@ -10,9 +10,11 @@ import functools
 import json
 import math
 import os
+import shlex
 import signal
 import sys
 import time
+import traceback
 from pathlib import Path
 from typing import Any, Callable
 
@@ -21,25 +23,15 @@ import numpy as np
 
 from jaxscale import runtime, sharding
 from jaxscale.checkpoint import RunCheckpoints
-from jaxscale.config import Config, ConfigError, RunSpec, expand, load_raw, to_dict
-from jaxscale.data.corpora import load_corpus
+from jaxscale.config import Config, ConfigError, RunSpec, load_raw, to_dict
 from jaxscale.data.loader import Budget, eval_batches, plan_budget, train_dataset, train_iterator
-from jaxscale.data.tokenize import load_tokenizer, token_splits
 from jaxscale.energy import Sampler, measure_idle, open_meter
 from jaxscale.energy.meters import gpus_of
 from jaxscale.models import build_model, count_params, flops_per_token
+from jaxscale.precheck import Prepared, check_sweep, mesh_for, prepare_data
 from jaxscale.progress import Progress
-from jaxscale.step import compiled_steps, init_state, step_key
-from jaxscale.sweep import Sweep
-
-
-@dataclasses.dataclass(frozen=True)
-class Prepared:
-    """Token arrays and vocabulary for one (data, tokenizer) setting, shared by every run that uses it."""
-
-    splits: dict
-    vocab_size: int
-    description: str
+from jaxscale.step import abstract_state, compiled_steps, init_state, step_key
+from jaxscale.sweep import Sweep, run_path, write_atomic
 
 
 class Interrupted(Exception):
@@ -67,15 +59,6 @@ class StopSignals:
     def __exit__(self, *exc):
         for sig, handler in self._previous.items():
             signal.signal(sig, handler)
-
-
-def prepare_data(config: Config, cache: dict) -> Prepared:
-    key = (config.data.source, config.data.path, config.data.hf_name, config.tokenizer)
-    if key not in cache:
-        corpus = load_corpus(config.data)
-        tokenizer = load_tokenizer(config.tokenizer, corpus)
-        cache[key] = Prepared(token_splits(corpus, tokenizer), tokenizer.vocab_size, f"{corpus.name} / {tokenizer.name}")
-    return cache[key]
 
 
 _COMPILED: dict = {}
@@ -171,42 +154,52 @@ def run_one(spec: RunSpec, data: Prepared, run_dir: Path, progress: Progress, st
                                                           **to_dict(config), "resolved": resolved}, indent=2))
 
     index, count = sharding.data_shard(mesh)
-    batches = train_iterator(train_dataset(data.splits["train"], seq_len, train.batch_size, budget.steps, train.seed,
-                                           shard_index=index, shard_count=count),
-                             place=functools.partial(sharding.shard_batch, mesh=mesh))
+    new_batches = lambda: train_iterator(  # noqa: E731
+        train_dataset(data.splits["train"], seq_len, train.batch_size, budget.steps, train.seed,
+                      shard_index=index, shard_count=count), place=functools.partial(sharding.shard_batch, mesh=mesh))
     held_out = [sharding.shard_batch(rows[index::count], mesh)
                 for rows in eval_batches(data.splits["valid"], seq_len, train.batch_size, train.eval_tokens)]
-    state = init_state(model, train, budget.steps, seq_len, jax.random.key(train.seed), mesh=mesh)
     checkpoints = RunCheckpoints(run_dir / "checkpoints", config.checkpoint.keep)
-    restored = checkpoints.restore(state, batches)
-    book = {"records": [], "wall_s": 0.0, "eval_s": 0.0, "compile_s": 0.0, "resumed_at": [], "energy": []}
-    if restored is not None:
-        state, book = restored
-        book["resumed_at"].append(len(book["records"]))
-        print(f"{spec.run_id}: resuming at step {len(book['records'])} of {budget.steps}", file=sys.stderr)
-    idle_w = measure_idle(meter, config.energy.idle_s, config.energy.hz)
-    segment = len(book["energy"])
-    power_csv = run_dir / ("power.csv" if not segment else f"power.{segment}.csv") if writer else None
-    sampler = Sampler(meter, config.energy.hz, power_csv, idle_w)
-    sampler.start()
-    run = Run(spec, data, run_dir, progress, stop, heartbeat, model, mesh, budget, batches, held_out, checkpoints,
-              sampler, wall_start)
     try:
-        summary = _train(run, state, book)
+        state, book, batches = _resume_or_start(spec, model, budget, mesh, checkpoints, new_batches)
+        idle_w = measure_idle(meter, config.energy.idle_s, config.energy.hz)
+        segment = len(book["energy"])
+        power_csv = run_dir / ("power.csv" if not segment else f"power.{segment}.csv") if writer else None
+        sampler = Sampler(meter, config.energy.hz, power_csv, idle_w)
+        sampler.start()
+        run = Run(spec, data, run_dir, progress, stop, heartbeat, model, mesh, budget, batches, held_out, checkpoints,
+                  sampler, wall_start)
+        try:
+            summary = _train(run, state, book)
+        finally:
+            if sampler.summary is None:
+                sampler.stop()
     finally:
-        if sampler.summary is None:
-            sampler.stop()
+        checkpoints.close()  # a no-op where _train closed them; else its async saves finish before the error shows
     summary.update(n_params=n_params, n_params_nonembed=n_nonembed, flops=6 * n_params * budget.tokens,
                    flops_per_token_matmul=flops_per_token(cfg, data.vocab_size, seq_len),
                    attention=cfg.attention, loss_mode=train.loss, resolved=resolved)
     if writer:
-        (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+        write_atomic(run_dir / "summary.json", json.dumps(summary, indent=2))  # other workers read it
     return summary
 
 
-@functools.lru_cache(maxsize=None)
-def mesh_for(cfg):
-    return sharding.make_mesh(cfg)
+def _resume_or_start(spec: RunSpec, model, budget: Budget, mesh, checkpoints: RunCheckpoints, new_batches):
+    """(state, book, batches): from the newest readable checkpoint, restored straight into its place on the
+    devices; else a fresh state and data iterator at step 0 (also when every checkpoint was unreadable)."""
+    train, seq_len = spec.config.train, spec.config.data.seq_len
+    if checkpoints.manager.all_steps():
+        restored = checkpoints.restore(abstract_state(model, train, seq_len, mesh), new_batches)
+        if restored is not None:
+            state, book, batches = restored
+            book["resumed_at"].append(len(book["records"]))
+            print(f"{spec.run_id}: resuming at step {len(book['records'])} of {budget.steps}", file=sys.stderr)
+            return state, book, batches
+        print(f"{spec.run_id}: no checkpoint could be read (moved to {checkpoints.unreadable[0].parent}); "
+              "starting again from step 0 with a fresh state and data order", file=sys.stderr)
+    book = {"records": [], "wall_s": 0.0, "eval_s": 0.0, "compile_s": 0.0, "resumed_at": [], "energy": []}
+    state = init_state(model, train, budget.steps, seq_len, jax.random.key(train.seed), mesh=mesh)
+    return state, book, new_batches()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -352,14 +345,21 @@ def _train(run: Run, state, book: dict) -> dict:
     return summary
 
 
+def failed_summary(spec: RunSpec, err: Exception, run_dir: Path) -> dict:
+    """The record of a run that raised: the sweep goes on; deleting its summary.json retries it."""
+    cfg = spec.config
+    reason = " ".join(f"{type(err).__name__}: {err}".split())[:500]
+    if sharding.is_writer():
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "error.txt").write_text("".join(traceback.format_exception(err)))
+    print(f"run {spec.run_id} failed ({reason}); traceback in {run_dir / 'error.txt'}", file=sys.stderr)
+    return {"run_id": spec.run_id, "model": cfg.model.label, "d_model": cfg.model.d_model, "d_mlp": cfg.model.d_mlp,
+            "n_layers": cfg.model.n_layers, "token_budget": cfg.train.tokens, "repetition": spec.repetition,
+            "seed": cfg.train.seed, "status": "failed", "failed_step": None, "reason": reason}
+
+
 def run_sweep(raw: dict, out: Path, worker: tuple[int, int] = (0, 1), quiet: bool = False) -> list[dict]:
-    runs = expand(raw)
-    data_cache: dict = {}
-    for spec in runs:  # every corpus and tokenizer up front: a missing file stops before any training
-        data = prepare_data(spec.config, data_cache)
-        plan_budget(len(data.splits["train"]), spec.config.data.seq_len, spec.config.train.batch_size,
-                    spec.config.train.tokens, max_epochs=spec.config.data.max_epochs)
-        runtime.resolve(spec.config, runtime.hardware(mesh_for(spec.config.mesh).devices.flat), data.vocab_size)
+    runs, data_cache = check_sweep(raw)
     sweep = Sweep(out, raw, runs, writer=sharding.is_writer(), claiming=jax.process_count() == 1)
     progress = Progress(len(runs), quiet=quiet)
     meters = {}
@@ -374,8 +374,15 @@ def run_sweep(raw: dict, out: Path, worker: tuple[int, int] = (0, 1), quiet: boo
                 kind = spec.config.energy.meter
                 if kind not in meters:
                     meters[kind] = open_process_meter(kind)
-                summary = run_one(spec, prepare_data(spec.config, data_cache), out / spec.run_id, progress, stop,
-                                  meters[kind], heartbeat=lambda: sweep.heartbeat(spec.run_id))
+                try:
+                    summary = run_one(spec, prepare_data(spec.config, data_cache), sweep.run_dir(spec.run_id),
+                                      progress, stop, meters[kind], heartbeat=lambda: sweep.heartbeat(spec.run_id))
+                except (ConfigError, Interrupted):
+                    raise
+                except Exception as err:  # one run's failure (a bug, damaged files, memory) must not stop the sweep
+                    summary = failed_summary(spec, err, sweep.run_dir(spec.run_id))
+                    if sharding.is_writer():
+                        write_atomic(sweep.summary_path(spec.run_id), json.dumps(summary, indent=2))
                 progress.end_run(summary)
             finally:
                 sweep.release(spec.run_id)
@@ -426,13 +433,13 @@ def main(argv=None) -> int:
     sharding.initialize_distributed()
     try:
         raw = load_raw(args.config, args.overrides)
-        out = Path(args.out or Path("runs") / raw["name"])
+        out = Path(args.out) if args.out else run_path(Path("runs"), raw["name"])
         summaries = run_sweep(raw, out, worker=parse_worker(args.worker), quiet=args.quiet)
     except ConfigError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     except Interrupted as stop:
-        command = " ".join(["python -m jaxscale.train", *(argv if argv is not None else sys.argv[1:])])
+        command = shlex.join(["python", "-m", "jaxscale.train", *(argv if argv is not None else sys.argv[1:])])
         print(f"interrupted: {stop}. Rerun the same command to resume:\n  {command}", file=sys.stderr)
         return 130 if "SIGINT" in str(stop) else 143
     failed = sum(s["status"] != "ok" for s in summaries)

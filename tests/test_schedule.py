@@ -41,7 +41,7 @@ def test_cosine_and_wsd_runs_share_one_compiled_step():
 
 @pytest.mark.parametrize("override, message", [
     ({"schedule": "step"}, "train.schedule: 'step' is not one of cosine, wsd"),
-    ({"cooldown_frac": 0.0}, "train.cooldown_frac: must be in (0, 1]"),
+    ({"cooldown_frac": 0.0}, "train.cooldown_frac: must be > 0"),
     ({"schedule": "wsd", "warmup_frac": 0.5, "cooldown_frac": 0.6}, "together exceed the run"),
     ({"cooldown_shape": "cosine"}, "train.cooldown_shape: 'cosine' is not one of linear, 1-sqrt"),
 ])

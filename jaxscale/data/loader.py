@@ -83,7 +83,8 @@ def eval_batches(tokens: np.ndarray, seq_len: int, batch_size: int, max_tokens: 
     windows = _Windows(tokens, seq_len)
     n = min(len(windows), max(1, max_tokens // seq_len))
     if n == 0:
-        raise ConfigError(f"held-out split has fewer than {seq_len + 1} tokens; cannot evaluate")
+        raise ConfigError(f"data.seq_len: the held-out (valid) split has {len(tokens)} tokens, fewer than one window "
+                          f"of seq_len + 1 = {seq_len + 1}; use a smaller data.seq_len or a larger valid split")
     rows = np.stack([windows[i] for i in range(n)])
     size = min(batch_size, n)
     return [rows[i:i + size] for i in range(0, n - n % size, size)]

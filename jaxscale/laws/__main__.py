@@ -6,6 +6,8 @@ import argparse
 import json
 import sys
 
+import numpy as np
+
 from jaxscale.laws.inference import (
     GPU_PEAK_FLOPS,
     CostModel,
@@ -115,7 +117,20 @@ def run_fit(args) -> dict:
     if not args.json:
         print(f"Chinchilla Approach-3 fit: {fit.n_runs} runs of {args.csv}, {fit.n_starts} starts "
               f"({fit.n_diverged} diverged, dropped)")
-    return fit.as_dict()
+    return {**fit.as_dict(), **_fit_warnings(fit, params, tokens)}
+
+
+def _fit_warnings(fit, params, tokens) -> dict:
+    """{"warnings": [...]} where the runs cannot pin the fit (see jaxscale.laws.pinning); {} where they can."""
+    from jaxscale.laws.pinning import interval_warning, range_warning
+
+    flops = float(np.max(6.0 * params * tokens))
+    optimum = fit.law.compute_optimal(flops)
+    warnings = [interval_warning(fit.ci),
+                range_warning(f"The compute-optimal model at the table's largest compute (C = {flops:.3g})",
+                              *optimum, params, tokens)]
+    warnings = [w for w in warnings if w]
+    return {"warnings": warnings} if warnings else {}
 
 
 def run_optimal(args) -> dict:
@@ -151,6 +166,7 @@ def format_fit(result: dict) -> str:
             line += f"{'[' + format(ci[key][0], '.5g') + ', ' + format(ci[key][1], '.5g') + ']':>30}"
         lines.append(line)
     lines.append(f"{'objective':10}{result['objective']:14.6e}  (summed Huber, delta 1e-3)")
+    lines += [f"warning: {w}" for w in result.get("warnings", [])]
     return "\n".join(lines)
 
 

@@ -1,0 +1,477 @@
+"""No bad input or damaged file wedges a sweep, writes outside it, or ends in a traceback (issue 20)."""
+import json
+import os
+import shlex
+import socket
+import subprocess
+import sys
+
+import pytest
+
+from conftest import ROOT
+from jaxscale import train
+from jaxscale.config import ConfigError, expand, load_raw
+from jaxscale import sweep as sweeps
+from jaxscale.sweep import Sweep
+
+TINY = """
+[data]
+seq_len = 16
+[tokenizer]
+vocab_size = 256
+[train]
+batch_size = 4
+tokens = 512
+lr = 3e-3
+eval_tokens = 64
+"""
+TWO_MODELS = TINY + """
+[[model]]
+name = "org/a"
+d_model = 16
+d_mlp = 32
+n_layers = 1
+[[model]]
+name = "org/b"
+d_model = 16
+d_mlp = 32
+n_layers = 2
+"""
+
+PLAIN = TWO_MODELS.replace("org/", "")
+
+
+def write(tmp_path, text, name="tiny.toml"):
+    path = tmp_path / name
+    path.write_text(text)
+    return path
+
+
+def cli(config, out, *extra, cwd=ROOT):
+    return subprocess.run([sys.executable, "-m", "jaxscale.train", "--config", str(config), "--out", str(out),
+                           "--quiet", *extra], cwd=cwd, capture_output=True, text=True, timeout=600)
+
+
+def one_line_error(proc, *words):
+    assert proc.returncode == 2, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), proc.stderr
+    for word in words:
+        assert word in lines[0], lines[0]
+    return lines[0]
+
+
+# --- 2. names -------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("name", ['"../../x"', '"/tmp/abs"', '["a", "b"]', '".hidden"', '"a/b"', '""', '".."', "3"])
+def test_the_sweep_name_must_be_one_safe_path_component(tmp_path, name):
+    with pytest.raises(ConfigError, match=r"^name: .* is not a usable sweep name; allowed: letters"):
+        expand(load_raw(write(tmp_path, f"name = {name}\n" + TINY)))
+
+
+def test_a_config_file_name_that_is_not_a_safe_name_still_gives_one(tmp_path):
+    raw = load_raw(write(tmp_path, TINY, name="my sweep (v2).toml"))
+    assert raw["name"] == "my_sweep__v2_"
+    assert [r.run_id for r in expand(raw)] == ["000-my_sweep__v2_"]
+
+
+@pytest.mark.parametrize("name", ["../x", "a/b", "/abs", "..", ".", "", "x\0y"])
+def test_run_path_refuses_whatever_would_leave_the_sweep(tmp_path, name):
+    with pytest.raises(ConfigError, match="cannot name a directory inside"):
+        sweeps.run_path(tmp_path, name)
+
+
+def test_model_names_with_a_slash_train_in_sanitised_run_directories(tmp_path):
+    out = tmp_path / "out"
+    proc = cli(write(tmp_path, TWO_MODELS), out)
+    assert proc.returncode == 0, proc.stderr
+    assert sorted(p.name for p in out.iterdir() if p.name.startswith("00")) == ["000-org_a", "001-org_b"]
+    assert json.loads((out / "000-org_a" / "summary.json").read_text())["model"] == "org/a"  # the label is kept
+
+
+def test_two_models_whose_names_sanitise_alike_are_an_error(tmp_path):
+    text = TWO_MODELS.replace('name = "org/b"', 'name = "org_a"')
+    with pytest.raises(ConfigError, match="same labels"):
+        expand(load_raw(write(tmp_path, text)))
+
+
+# --- 3. damaged files -----------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("finished")
+    config, out = write(tmp, PLAIN), tmp / "out"
+    assert cli(config, out).returncode == 0
+    return config, out
+
+
+def copy_sweep(finished, tmp_path):
+    import shutil
+    config, out = finished
+    shutil.copytree(out, tmp_path / "out")
+    return config, tmp_path / "out"
+
+
+def test_a_damaged_run_summary_is_set_aside_and_the_run_retrains(finished, tmp_path):
+    config, out = copy_sweep(finished, tmp_path)
+    (out / "000-a" / "summary.json").write_text('{"run_id": "000-a')
+    (out / "001-b" / "summary.json").write_text('{"run_id": "001-b"}')
+    proc = cli(config, out)
+    assert proc.returncode == 0, proc.stderr
+    for run in ("000-a", "001-b"):
+        assert f"{out / run / 'summary.json'} is damaged" in proc.stderr
+        assert (out / run / "summary.damaged.json").is_file()
+        assert json.loads((out / run / "summary.json").read_text())["status"] == "ok"
+    rows = (out / "results.csv").read_text().splitlines()
+    assert len(rows) == 3 and all(",ok," in row for row in rows[1:])
+
+
+@pytest.mark.parametrize("text", ['{"config": {', "[]", '{"runs": []}'])
+def test_a_damaged_sweep_json_is_a_one_line_error_naming_it(finished, tmp_path, text):
+    config, out = copy_sweep(finished, tmp_path)
+    (out / "sweep.json").write_text(text)
+    before = (out / "results.csv").read_bytes()
+    one_line_error(cli(config, out), f"{out / 'sweep.json'} is damaged", "restore it", "another --out")
+    assert (out / "results.csv").read_bytes() == before
+
+
+# --- 6. unusable --out ----------------------------------------------------------------------------------------
+def test_out_that_is_a_file_or_cannot_be_written_is_exit_2(tmp_path):
+    config = write(tmp_path, TINY)
+    a_file = tmp_path / "results.txt"
+    a_file.write_text("mine")
+    # /sys is read-only, also for root (who ignores permission bits)
+    for out, words in ((a_file, ["is not a directory"]), ("/proc/jaxscale-test/out", ["cannot write there"]),
+                       ("/sys/jaxscale-test", ["cannot write there"])):
+        one_line_error(cli(config, out), f"--out {out}", *words)
+    assert a_file.read_text() == "mine"
+
+
+# --- 7. stale claims ------------------------------------------------------------------------------------------
+def dead_pid() -> int:
+    proc = subprocess.Popen(["true"])
+    proc.wait()
+    return proc.pid
+
+
+def test_stale_claims_are_taken_over_without_leaving_files(tmp_path):
+    raw = load_raw(write(tmp_path, PLAIN))
+    runs = expand(raw)
+    sweep = Sweep(tmp_path / "out", raw, runs)
+    for run in runs:  # a worker on this host that died holding each run
+        (sweep.claims / f"{run.run_id}.claim").write_text(
+            json.dumps({"host": socket.gethostname(), "pid": dead_pid(), "since": 0}))
+    assert [sweep.claim(r.run_id) for r in runs] == [True, True]
+    assert sorted(p.name for p in sweep.claims.iterdir()) == [f"{r.run_id}.claim" for r in runs]
+    (sweep.claims / ".000-a.stale.12345").write_text("{}")  # left by an older version
+    Sweep(tmp_path / "out", raw, runs)
+    assert not list(sweep.claims.glob(".*"))
+
+
+def test_a_claim_torn_by_a_kill_is_taken_over_once_it_is_old(tmp_path):
+    raw = load_raw(write(tmp_path, PLAIN))
+    runs = expand(raw)
+    sweep = Sweep(tmp_path / "out", raw, runs)
+    claims = [sweep.claims / f"{r.run_id}.claim" for r in runs]
+    for claim in claims:
+        claim.write_text("")  # created, killed before its owner was written
+    os.utime(claims[0], (0, 0))
+    assert sweep.state(runs[0].run_id) == "pending" and sweep.state(runs[1].run_id) == "running"
+    assert sweep.claim(runs[0].run_id) and not sweep.claim(runs[1].run_id)
+
+
+# --- 8. the resume command --------------------------------------------------------------------------------------
+def test_the_printed_resume_command_is_shell_quoted(tmp_path, monkeypatch, capsys):
+    (tmp_path / "my configs").mkdir()
+    config = write(tmp_path / "my configs", TINY)
+
+    def interrupted(*args, **kwargs):
+        raise train.Interrupted("SIGTERM at step 3/8 of run 000-tiny; checkpoint saved")
+
+    monkeypatch.setattr(train, "run_sweep", interrupted)
+    argv = ["--config", str(config), "--out", str(tmp_path / "it's out"), "model.name=a b;rm -rf x"]
+    assert train.main(argv) == 143
+    command = capsys.readouterr().err.strip().splitlines()[-1]
+    assert shlex.split(command) == ["python", "-m", "jaxscale.train", *argv]
+
+
+# --- 4. numbers that pass types but not sense ------------------------------------------------------------------
+@pytest.mark.parametrize("override, message", [
+    ("train.tokens=1e30", "train.tokens: must be <= 1e+15, got 1000000000000000019884624838656"),
+    ("energy.hz=nan", "energy.hz: must be a finite number, got nan"),
+    ("energy.hz=1e9", "energy.hz: must be <= 1000"),
+    ("energy.idle_s=nan", "energy.idle_s: must be a finite number"),
+    ("train.lr=nan", "train.lr: must be a finite number"),
+    ("train.lr=inf", "train.lr: must be a finite number, got inf"),
+    ("train.lr=-inf", "train.lr: must be a finite number"),
+    ("train.weight_decay=nan", "train.weight_decay: must be a finite number"),
+    ("train.weight_decay=-0.1", "train.weight_decay: must be >= 0, got -0.1"),
+    ("train.grad_clip=nan", "train.grad_clip: must be a finite number"),
+    ("train.beta1=2", "train.beta1: must be < 1, got 2.0"),
+    ("train.beta2=1", "train.beta2: must be < 1, got 1.0"),
+    ("train.beta1=-0.5", "train.beta1: must be >= 0"),
+    ("train.min_lr_ratio=-1", "train.min_lr_ratio: must be >= 0, got -1.0"),
+    ("train.min_lr_ratio=1.5", "train.min_lr_ratio: must be <= 1"),
+    ("train.warmup_frac=1", "train.warmup_frac: must be < 1"),
+    ("model.rope_theta=inf", "model.rope_theta: must be a finite number"),
+    ("model.rope_theta=0", "model.rope_theta: must be > 0"),
+    ("model.norm_eps=nan", "model.norm_eps: must be a finite number"),
+    ("model.norm_eps=0", "model.norm_eps: must be > 0"),
+    ("train.seed=-1", "train.seed: must be >= 0"),
+    ("train.seed=1e12", "train.seed: must be <= 4.29497e+09"),
+    ("model.d_model=1e9", "model.d_model: must be <= 65536"),
+    ("train.eval_tokens=-1", "train.eval_tokens: must be >= 0"),
+    ("checkpoint.keep=0", "checkpoint.keep: must be > 0"),
+    ("sweep.repetitions=1e7", "sweep.repetitions: must be <= 10000"),
+    ("mesh.data=-2", "mesh.data: must be >= -1"),
+])
+def test_numbers_out_of_range_are_errors_naming_the_key(tmp_path, override, message):
+    with pytest.raises(ConfigError) as err:
+        expand(load_raw(write(tmp_path, TINY), [override]))
+    assert str(err.value).startswith(message), str(err.value)
+
+
+def test_every_number_of_a_config_has_a_range():
+    import typing
+    from jaxscale.config import RANGES, SECTIONS, Config
+    sections = typing.get_type_hints(Config)
+    numeric = {f"{section}.{key}" for section in SECTIONS
+               for key, typ in typing.get_type_hints(sections[section]).items() if typ in (int, float)}
+    assert len(numeric) > 30 and numeric == set(RANGES)
+
+
+def test_nan_energy_rate_is_exit_2_not_a_traceback(tmp_path):
+    out = tmp_path / "out"
+    one_line_error(cli(write(tmp_path, TINY), out, "energy.hz=nan"), "energy.hz")
+    assert not out.exists()
+
+
+# --- 1. a run's damage never wedges the sweep -------------------------------------------------------------------
+CHECKPOINTED = TINY.replace("tokens = 512", "tokens = 6400") + """
+[model]
+d_model = 16
+d_mlp = 32
+n_layers = 1
+[checkpoint]
+every = 20
+final = true
+"""
+
+
+def losses(run_dir):
+    return [json.loads(line)["loss"] for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+@pytest.fixture(scope="module")
+def checkpointed(tmp_path_factory):
+    """A finished run of 100 steps that kept its last two checkpoints (80, 100), and its losses."""
+    tmp = tmp_path_factory.mktemp("checkpointed")
+    config, out = write(tmp, CHECKPOINTED, name="ck.toml"), tmp / "out"
+    assert cli(config, out).returncode == 0
+    return config, out, losses(out / "000-ck")
+
+
+def test_when_no_checkpoint_can_be_read_the_run_starts_again_cleanly(checkpointed, tmp_path):
+    import shutil
+    config, finished, expected = checkpointed
+    out = tmp_path / "out"
+    shutil.copytree(finished, out)
+    run = out / "000-ck"
+    (run / "summary.json").unlink()  # as if killed after its last checkpoint
+    damaged = sorted((run / "checkpoints").glob("*/state/ocdbt.process_0/d/*"))
+    assert {p.parts[-5] for p in damaged} == {"80", "100"}
+    for path in damaged:  # the arrays only: metadata and the saved iterator position still read
+        path.write_bytes(b"garbage")
+    proc = cli(config, out)
+    assert proc.returncode == 0, proc.stderr
+    assert "no checkpoint could be read" in proc.stderr and "starting again from step 0" in proc.stderr
+    assert sorted(p.name for p in (run / "checkpoints-unreadable").iterdir()) == ["100", "80"]
+    assert losses(run) == expected  # a fresh state and a fresh data order: the run never interrupted
+    assert json.loads((run / "summary.json").read_text())["resumed_at_steps"] == []
+
+
+def test_a_run_that_raises_is_recorded_failed_and_the_sweep_goes_on(tmp_path, monkeypatch, capsys):
+    real = train._train
+
+    def failing(run, state, book):
+        if run.spec.run_id == "000-a":
+            raise RuntimeError("the device fell over\nat step 3")
+        return real(run, state, book)
+
+    monkeypatch.setattr(train, "_train", failing)
+    out = tmp_path / "out"
+    assert train.main(["--config", str(write(tmp_path, PLAIN)), "--out", str(out), "--quiet"]) == 0
+    import csv
+    with open(out / "results.csv") as f:
+        rows = {r["run_id"]: r for r in csv.DictReader(f)}
+    assert rows["000-a"]["status"] == "failed" and rows["000-a"]["reason"] == "RuntimeError: the device fell over at step 3"
+    assert rows["001-b"]["status"] == "ok"
+    assert "the device fell over" in (out / "000-a" / "error.txt").read_text()
+    assert "run 000-a failed (RuntimeError: the device fell over at step 3)" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("error", [KeyboardInterrupt(), ConfigError("train.x: bad")])
+def test_keyboard_interrupt_and_config_errors_still_stop_the_sweep(tmp_path, monkeypatch, error):
+    def failing(run, state, book):
+        raise error
+
+    monkeypatch.setattr(train, "_train", failing)
+    argv = ["--config", str(write(tmp_path, PLAIN)), "--out", str(tmp_path / "out"), "--quiet"]
+    if isinstance(error, KeyboardInterrupt):
+        with pytest.raises(KeyboardInterrupt):
+            train.main(argv)
+    else:
+        assert train.main(argv) == 2
+    assert not (tmp_path / "out" / "000-a" / "summary.json").exists()
+
+
+# --- issue 16.5: a resumed run restores into abstract shapes, never building a second state ---------------------
+def test_a_resumed_run_never_initialises_a_state(checkpointed, tmp_path, monkeypatch):
+    import signal
+    from jaxscale.progress import Progress
+    _, _, expected = checkpointed
+    config, out = write(tmp_path, CHECKPOINTED, name="ck.toml"), tmp_path / "out"
+    argv = ["--config", str(config), "--out", str(out), "--quiet"]
+    real_step = Progress.step
+
+    def stop_at_30(self, step, *args):
+        if step == 30:
+            os.kill(os.getpid(), signal.SIGTERM)  # caught by the run: checkpoint at the next boundary, then stop
+        return real_step(self, step, *args)
+
+    monkeypatch.setattr(Progress, "step", stop_at_30)
+    assert train.main(argv) == 143
+    monkeypatch.setattr(Progress, "step", real_step)
+    calls = []
+    real_init = train.init_state
+    monkeypatch.setattr(train, "init_state", lambda *a, **k: calls.append(a) or real_init(*a, **k))
+    assert train.main(argv) == 0
+    assert calls == []
+    summary = json.loads((out / "000-ck" / "summary.json").read_text())
+    [resumed_at] = summary["resumed_at_steps"]
+    assert 30 <= resumed_at < 100
+    assert losses(out / "000-ck") == expected
+
+
+# --- 5. nothing is written before the whole sweep is checked ---------------------------------------------------
+def test_a_held_out_split_too_short_for_one_run_is_an_error_before_any_write(tmp_path):
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    (corpus / "train.txt").write_text("".join(f"the {i % 7} cat sat on mat {i % 11}.\n" for i in range(400)))
+    (corpus / "valid.txt").write_text("the cat sat on the mat.\n")
+    (corpus / "test.txt").write_text("the cat sat on the mat.\n")
+    config = write(tmp_path, TINY.replace("seq_len = 16", "seq_len = [4, 64]").replace("tokens = 512", "tokens = 2048"))
+    out = tmp_path / "out"
+    line = one_line_error(cli(config, out, f"data.path={corpus}"), "data.seq_len: the held-out (valid) split has")
+    assert "fewer than one window of seq_len + 1 = 65" in line
+    assert not out.exists()  # not even the run with seq_len 4, which could have trained
+
+
+# --- 9. fits the data cannot pin ----------------------------------------------------------------------------------
+def nine_runs(tmp_path, noise=0.02):
+    """A quickstart-like sweep: 3 small models x 3 budgets, 2% noise on a toy law."""
+    import numpy as np
+    from jaxscale.laws.law import ChinchillaLaw
+    law = ChinchillaLaw(E=3.0, A=40.0, B=60.0, alpha=0.25, beta=0.25)
+    n, d = (a.ravel() for a in np.meshgrid([7e4, 1.4e5, 3e5], [2e4, 1e5, 3e5]))
+    loss = law.loss(n, d) * np.exp(np.random.default_rng(0).normal(0, noise, n.size))
+    lines = ["run_id,model,n_params,tokens,flops,eval_loss,status"]
+    lines += [f"{i:03d},m{int(a)},{int(a)},{int(b)},{6 * a * b},{c},ok" for i, (a, b, c) in enumerate(zip(n, d, loss))]
+    tmp_path.mkdir(parents=True, exist_ok=True)
+    (tmp_path / "results.csv").write_text("\n".join(lines) + "\n")
+    return tmp_path
+
+
+def test_the_report_says_when_nine_runs_cannot_pin_the_law(tmp_path):
+    from jaxscale.analyze import write_report
+    report = write_report(nine_runs(tmp_path / "sweep"), bootstrap=200).read_text()
+    assert "**Warning:** These runs cannot pin the law: the 95% intervals of E, A span more than a factor of 100" in report
+    assert "**Warning:** The inference-aware optimum lies outside what was trained (" in report
+    assert "outside the trained 2e+04 to 3e+05): the law is extrapolated there" in report  # D, the budgets trained
+
+
+def test_laws_fit_says_the_same(tmp_path, capsys):
+    from jaxscale.laws.__main__ import main
+    csv_path = nine_runs(tmp_path) / "results.csv"
+    argv = ["fit", str(csv_path), "--params-col", "n_params", "--tokens-col", "tokens", "--loss-col", "eval_loss",
+            "--bootstrap", "200"]
+    assert main(argv) == 0
+    assert "warning: These runs cannot pin the law: the 95% intervals of E, A" in capsys.readouterr().out
+    assert main(argv + ["--json"]) == 0
+    assert any(w.startswith("These runs cannot pin") for w in json.loads(capsys.readouterr().out)["warnings"])
+
+
+def test_range_warning_names_what_lies_outside_the_trained_runs():
+    from jaxscale.laws.pinning import range_warning
+    trained_n, trained_d = [7e4, 1.4e5, 3e5], [2e4, 1e5, 3e5]
+    assert range_warning("X", [1e5], [2e4], trained_n, trained_d) is None
+    assert range_warning("X", [4e4, 5.5e5], [1.1e4, 5.5e5], trained_n, trained_d) is None  # within 2x of the edges
+    text = range_warning("The optimum", [5e3, 1e5], [1e6], trained_n, trained_d)
+    assert text == ("The optimum lies outside what was trained (N = 5e+03, 1e+05 outside the trained 7e+04 to 3e+05; "
+                    "D = 1e+06 outside the trained 2e+04 to 3e+05): the law is extrapolated there, not measured.")
+
+
+# --- 10. random bad input ends in a run or a one-line error, never a traceback or a file outside --out ----------
+POOL = ["0", "1", "2", "-1", "0.5", "0.9", "0.01", "1e-3", "4", "16", "100", "3.7", "1e15", "1e30", "-1e30", "nan",
+        "inf", "-inf", "true", "'x'", "[]", "[0.1, 0.2]", "{a = 1}", "''", "'../x'", "'/tmp/x'", "'a/b'", "../x",
+        "/tmp/x", "a/b", "a b", "2**31"]
+NAMES = ["'ok-name'", "'x.y_z+1'", "'../x'", "'/tmp/x'", "'a/b'", "['a', 'b']", "3", "'.hidden'", "''", "'a b'"]
+STRING_KEYS = ["model.name", "data.path", "tokenizer.path", "model.arch", "train.loss", "energy.meter"]
+CHEAP_KEYS = ["train.lr", "train.weight_decay", "train.beta1", "train.beta2", "train.grad_clip", "model.name",
+              "train.min_lr_ratio", "train.warmup_frac", "model.norm_eps", "train.seed", "checkpoint.every"]
+
+
+def random_case(rng, keys):
+    overrides = [f"{rng.choice(keys)}={rng.choice(POOL)}" for _ in range(rng.randint(1, 2))]
+    return overrides, (rng.choice(NAMES) if rng.random() < 0.25 else None)
+
+
+def case_config(tmp_path, i, name):
+    text = (f"name = {name}\n" if name is not None else "") + TINY
+    return write(tmp_path, text, name=f"case{i}.toml")
+
+
+def test_random_overrides_end_in_a_valid_sweep_or_a_one_line_config_error(tmp_path):
+    import random
+    from jaxscale.config import RANGES
+    rng = random.Random(20)
+    keys = list(RANGES) + STRING_KEYS
+    outcomes = {"valid": 0, "error": 0}
+    for i in range(60):
+        overrides, name = random_case(rng, keys)
+        config = case_config(tmp_path, i, name)
+        try:
+            runs, _ = train.check_sweep(load_raw(config, overrides))
+        except ConfigError as err:
+            assert str(err) and "\n" not in str(err), (overrides, name, str(err))
+            outcomes["error"] += 1
+        except Exception as err:  # noqa: BLE001 - the point of the test
+            pytest.fail(f"{overrides} name={name}: {type(err).__name__}: {err}")
+        else:
+            out = (tmp_path / "out").resolve()
+            assert all(sweeps.run_path(out, r.run_id).resolve().parent == out for r in runs), (overrides, name)
+            outcomes["valid"] += 1
+    assert outcomes["valid"] >= 4 and outcomes["error"] >= 30, outcomes  # both ends were exercised
+
+
+def tree(path):
+    return {p for p in path.rglob("*")}
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_random_overrides_through_the_command_line(tmp_path, seed):
+    import random
+    rng = random.Random(1000 + seed)
+    overrides, name = random_case(rng, CHEAP_KEYS if seed < 2 else CHEAP_KEYS + STRING_KEYS + ["train.tokens"])
+    if seed < 2:  # cases that may well train: small ones
+        overrides = [o for o in overrides if not o.startswith("train.tokens")]
+    config = case_config(tmp_path, seed, name)
+    out = tmp_path / "sweep out"
+    before, top = tree(tmp_path), set(ROOT.iterdir())
+    proc = cli(config, out, *overrides)
+    assert "Traceback" not in proc.stderr, (overrides, name, proc.stderr)
+    if proc.returncode == 0:
+        assert (out / "results.csv").is_file()
+    else:
+        one_line_error(proc)
+        assert not out.exists()
+    assert {p for p in tree(tmp_path) - before if out not in p.parents and p != out} == set()
+    assert set(ROOT.iterdir()) == top
