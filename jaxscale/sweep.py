@@ -19,7 +19,8 @@ RESULT_COLUMNS = [
     "train_loss", "eval_loss", "wall_s", "step_s_median", "tokens_per_s", "status", "repetition", "seed",
     "steps", "epochs", "compile_s", "eval_s", "failed_step", "reason",
     "energy_j", "power_mean_w", "power_peak_w", "duration_s", "sample_hz", "energy_source", "energy_reason",
-    "steps_energy_j", "steps_s", "compile_energy_j", "eval_energy_j", "energy_segments", "energy_processes",
+    "steps_energy_j", "steps_s", "compile_energy_j", "eval_energy_j", "checkpoint_energy_j", "checkpoint_s",
+    "energy_segments", "energy_processes",
     "vocab_size",
 ]
 STALE_CLAIM_S = 600.0  # a claim not refreshed for this long belongs to a dead worker on another host

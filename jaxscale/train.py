@@ -5,8 +5,10 @@ ones continue from their latest checkpoint."""
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import functools
+import itertools
 import json
 import math
 import os
@@ -65,14 +67,12 @@ _COMPILED: dict = {}
 
 
 def compiled_for(model, config: Config, mesh, state, batch, eval_batch):
-    """AOT-compiled train and eval steps for this shape: compiled once per process, and timed."""
+    """AOT-compiled train and eval steps for this shape: compiled once per process."""
     key = (model, step_key(config.train), mesh, batch.shape, eval_batch.shape)
-    if key in _COMPILED:
-        return (*_COMPILED[key], 0.0)
-    start = time.perf_counter()
-    train_fn, eval_fn = compiled_steps(model, step_key(config.train), mesh)
-    _COMPILED[key] = (train_fn.lower(state, batch).compile(), eval_fn.lower(state.params, eval_batch).compile())
-    return (*_COMPILED[key], time.perf_counter() - start)
+    if key not in _COMPILED:
+        train_fn, eval_fn = compiled_steps(model, step_key(config.train), mesh)
+        _COMPILED[key] = (train_fn.lower(state, batch).compile(), eval_fn.lower(state.params, eval_batch).compile())
+    return _COMPILED[key]
 
 
 def evaluate(eval_fn, params, batches) -> float:
@@ -80,8 +80,8 @@ def evaluate(eval_fn, params, batches) -> float:
 
 
 def combine_energy(segments: list[dict]) -> dict:
-    """One run's energy from the sampler rows of its segments (a resumed run has several): energies
-    and durations (the whole segment's and each window's) add up — a window a segment did not open
+    """One run's energy from the sampler rows of its segments (a resumed run has several; one killed keeps its
+    figures up to its last checkpoint): energies and durations (the whole segment's and each window's) add up — a window a segment did not open
     adds nothing, an unavailable value makes the total unavailable — the peak is the highest."""
     combined = dict(segments[-1])
     additive = {k for s in segments for k in s if k.endswith(("energy_j", "_s")) or k == "energy_above_idle_j"}
@@ -163,8 +163,7 @@ def run_one(spec: RunSpec, data: Prepared, run_dir: Path, progress: Progress, st
     try:
         state, book, batches = _resume_or_start(spec, model, budget, mesh, checkpoints, new_batches)
         idle_w = measure_idle(meter, config.energy.idle_s, config.energy.hz)
-        segment = len(book["energy"])
-        power_csv = run_dir / ("power.csv" if not segment else f"power.{segment}.csv") if writer else None
+        power_csv = free_trace_path(run_dir) if writer else None
         sampler = Sampler(meter, config.energy.hz, power_csv, idle_w)
         sampler.start()
         run = Run(spec, data, run_dir, progress, stop, heartbeat, model, mesh, budget, batches, held_out, checkpoints,
@@ -184,6 +183,12 @@ def run_one(spec: RunSpec, data: Prepared, run_dir: Path, progress: Progress, st
     return summary
 
 
+def free_trace_path(run_dir: Path) -> Path:
+    """power.csv, else power.1.csv, power.2.csv ...: each segment of a run its own trace, none overwritten (a
+    segment killed after its checkpoint left a trace that the next segment must not replace)."""
+    return next(p for n in itertools.count() if not (p := run_dir / (f"power.{n}.csv" if n else "power.csv")).exists())
+
+
 def _resume_or_start(spec: RunSpec, model, budget: Budget, mesh, checkpoints: RunCheckpoints, new_batches):
     """(state, book, batches): from the newest readable checkpoint, restored straight into its place on the
     devices; else a fresh state and data iterator at step 0 (also when every checkpoint was unreadable)."""
@@ -192,12 +197,14 @@ def _resume_or_start(spec: RunSpec, model, budget: Budget, mesh, checkpoints: Ru
         restored = checkpoints.restore(abstract_state(model, train, seq_len, mesh), new_batches)
         if restored is not None:
             state, book, batches = restored
+            if live := book.pop("energy_live", None):  # the killed segment, up to this checkpoint
+                book["energy"].append(live)
             book["resumed_at"].append(len(book["records"]))
             print(f"{spec.run_id}: resuming at step {len(book['records'])} of {budget.steps}", file=sys.stderr)
             return state, book, batches
         print(f"{spec.run_id}: no checkpoint could be read (moved to {checkpoints.unreadable[0].parent}); "
               "starting again from step 0 with a fresh state and data order", file=sys.stderr)
-    book = {"records": [], "wall_s": 0.0, "eval_s": 0.0, "compile_s": 0.0, "resumed_at": [], "energy": []}
+    book = {"records": [], "wall_s": 0.0, "resumed_at": [], "energy": []}
     state = init_state(model, train, budget.steps, seq_len, jax.random.key(train.seed), mesh=mesh)
     return state, book, new_batches()
 
@@ -229,13 +236,18 @@ def _train(run: Run, state, book: dict) -> dict:
     records = book["records"]
     with sampler.window("compile"):
         local_rows = np.zeros((train.batch_size // sharding.data_shard(mesh)[1], seq_len + 1), np.int32)
-        train_step, eval_step, compile_s = compiled_for(
+        train_step, eval_step = compiled_for(
             run.model, config, mesh, state, sharding.shard_batch(local_rows, mesh), held_out[0])
-    book["compile_s"] += compile_s
 
-    def save(step: int, wait: bool = False) -> None:
+    def save(step: int, wait: bool = False, live: bool = True) -> None:
+        """A checkpoint at a step boundary; `live`: with this segment's energy so far, which a run killed before
+        its next checkpoint keeps (its steps after this one are trained again, their energy is not counted)."""
         book["wall_s_at_save"] = book["wall_s"] + time.perf_counter() - wall_start
-        checkpoints.save(step, state, batches, {**book, "wall_s": book["wall_s_at_save"]}, wait=wait)
+        meta = {**book, "wall_s": book["wall_s_at_save"]}
+        if live:
+            meta["energy_live"] = sum_over_processes(sampler.snapshot().as_row())
+        with sampler.window("checkpoint") if live else contextlib.nullcontext():
+            checkpoints.save(step, state, batches, meta, wait=wait)
 
     tokens_per_step = train.batch_size * seq_len
     failure = None
@@ -271,11 +283,13 @@ def _train(run: Run, state, book: dict) -> dict:
         # One step in flight: step n+1 is dispatched and its batch placed before step n's metrics are awaited,
         # so the device never waits on the host; step n's time and energy mark are taken when it is seen
         # complete. Where the loop needs step n's own state (see at_boundary), it drains first.
+        # A step's time (and its energy) runs from the previous step's completion, or the end of the window
+        # before it, to its own: together the steps' times are the loop's time outside its windows.
         pending = None  # (step, metrics) dispatched, not yet recorded
+        sampler.skip()  # what came before the loop (the restored log) is no step's
         busy_since = time.perf_counter()
         batch = next(batches) if len(records) < budget.steps else None
         for step in range(len(records), budget.steps):
-            dispatched_at = time.perf_counter()
             state, metrics = train_step(state, batch)
             boundary = at_boundary(step)
             if not boundary:
@@ -284,32 +298,29 @@ def _train(run: Run, state, book: dict) -> dict:
                 busy_since = record(*pending, busy_since)
                 if failure:
                     break
-            busy_since = max(busy_since, dispatched_at)
             pending = (step, metrics)
             if not boundary:
                 continue
             busy_since = record(*pending, busy_since, write=False)
             pending = None
             if not failure and train.eval_every and (step + 1) % train.eval_every == 0 and step + 1 < budget.steps:
-                t0 = time.perf_counter()
                 with sampler.window("eval"):
                     records[-1]["eval_loss"] = evaluate(eval_step, state.params, held_out)
-                book["eval_s"] += time.perf_counter() - t0
             log.write(json.dumps(records[-1]) + "\n")
             if failure:
                 break
             if stop.received:
                 log.flush()
                 book["energy"].append(sum_over_processes(sampler.stop().as_row()))
-                save(step + 1, wait=True)
+                save(step + 1, wait=True, live=False)
                 checkpoints.close()
                 raise Interrupted(f"{stop.received} at step {step + 1}/{budget.steps} of run {spec.run_id}; "
                                   "checkpoint saved")
             if config.checkpoint.every and (step + 1) % config.checkpoint.every == 0 and step + 1 < budget.steps:
                 save(step + 1)
+            busy_since = time.perf_counter()
             if step + 1 < budget.steps:
                 batch = next(batches)
-            busy_since = time.perf_counter()
 
     summary = {
         "run_id": spec.run_id, "model": cfg.label, "d_model": cfg.d_model, "d_mlp": cfg.d_mlp, "n_layers": cfg.n_layers,
@@ -321,26 +332,21 @@ def _train(run: Run, state, book: dict) -> dict:
     if failure:
         summary.update(status="failed", failed_step=failure[0], reason=failure[1])
     else:
-        t0 = time.perf_counter()
         with sampler.window("eval"):
             summary["eval_loss"] = evaluate(eval_step, state.params, held_out)
-        book["eval_s"] += time.perf_counter() - t0
         summary["eval_ppl"] = math.exp(min(summary["eval_loss"], 700))
-    # energy first: the book's compile_s and eval_s below, not the sampler windows' durations, are the run's
+    # every segment's windows (steps, compile, eval, checkpoint): energy and duration, summed
     summary.update(combine_energy(book["energy"] + [sum_over_processes(sampler.stop().as_row())]))
     step_times = [r["step_s"] for r in records]
     losses = [r["loss"] for r in records]
-    train_s = sum(step_times)
     summary.update(
         train_loss=float(np.mean(losses[-max(1, len(losses) // 10):])), final_loss=losses[-1],
-        compile_s=round(book["compile_s"], 3), eval_s=round(book["eval_s"], 3), train_s=round(train_s, 3),
-        step_s_median=float(np.median(step_times)), tokens_per_s=round(tokens_per_step * len(step_times) / train_s, 1),
+        step_s_median=float(np.median(step_times)),
+        tokens_per_s=round(tokens_per_step * len(step_times) / sum(step_times), 1),
         wall_s=round(book["wall_s"] + time.perf_counter() - wall_start, 3),
     )
-    step_energy = [r.get("energy_j") for r in records]
-    summary["train_energy_j"] = None if None in step_energy else sum(step_energy)
     if config.checkpoint.final and not failure:
-        save(budget.steps, wait=True)
+        save(budget.steps, wait=True, live=False)
     checkpoints.close(remove=not config.checkpoint.final)
     return summary
 

@@ -14,12 +14,12 @@ def test_step_n_plus_1_is_dispatched_before_step_n_is_awaited(tmp_path, monkeypa
     compiled_for = train.compiled_for
 
     def logging_compiled_for(*args):
-        step_fn, eval_fn, seconds = compiled_for(*args)
+        step_fn, eval_fn = compiled_for(*args)
 
         def dispatch(state, batch):
             events.append(("dispatch", int(state.step) + 1))  # the state is ready: the previous step is done
             return step_fn(state, batch)
-        return dispatch, eval_fn, seconds
+        return dispatch, eval_fn
 
     class LoggingProgress(train.Progress):
         def step(self, step, steps, loss, tokens_per_s):

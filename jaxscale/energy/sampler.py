@@ -185,6 +185,12 @@ class Sampler:
         self._last_mark = point
         return energy
 
+    def skip(self) -> None:
+        """The next mark measures from now: what happened since the previous boundary belongs to no window (it
+        stays in the segment's total)."""
+        self._require_started()
+        self._last_mark = self._read_point()
+
     def begin_window(self, name: str) -> None:
         """Start a separately measured phase (compile, eval); its energy is not in the next mark's."""
         self._require_started()
