@@ -397,15 +397,15 @@ def run_sweep(raw: dict, out: Path, worker: tuple[int, int] = (0, 1), quiet: boo
         meter.close()
     summaries = sweep.update()
     if len(summaries) == len(runs) and sharding.is_writer():  # the last worker to finish writes the report
-        write_sweep_report(out, summaries)
+        write_sweep_report(out)
     return summaries
 
 
-def write_sweep_report(out: Path, summaries: list[dict]) -> None:
+def write_sweep_report(out: Path) -> None:
     from jaxscale.analyze import write_report  # matplotlib and the fits load only when a sweep is complete
 
     try:
-        path = write_report(out, vocab_size=summaries[0].get("vocab_size", 50257))
+        path = write_report(out)  # the vocabulary comes from results.csv
     except Exception as err:  # the results are safe on disk; a report can be rebuilt with jaxscale.analyze
         print(f"warning: report not written ({type(err).__name__}: {err}); "
               f"run: python -m jaxscale.analyze {out}", file=sys.stderr)
