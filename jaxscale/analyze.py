@@ -27,7 +27,7 @@ REQUIRED_COLUMNS = ["model", "n_params", "tokens", "flops", "status"]
 NUMERIC_COLUMNS = [
     "n_params", "n_params_nonembed", "tokens", "flops", "train_loss", "eval_loss", "wall_s", "step_s_median",
     "tokens_per_s", "energy_j", "power_mean_w", "power_peak_w", "duration_s", "steps_energy_j", "steps_s",
-    "eval_energy_j", "eval_s", "vocab_size",
+    "eval_energy_j", "eval_s", "vocab_size", "flops_per_token_matmul",
 ]  # fmt: skip
 MIN_RUNS_FOR_LAW_FIT = 8
 UNAVAILABLE = "unavailable"
@@ -196,6 +196,46 @@ def frontier_section(runs: Runs, plots_dir: Path, law: ChinchillaLaw | None) -> 
         "of compute and a minimum inside the sampled sizes; the method needs two.",
         "",
     ]
+
+
+def conventions_section(runs: Runs) -> list[str]:
+    """The allocation exponents and the law's exponents under each way of counting N and C: at tiny scale the
+    embeddings are most of N, and this choice alone moves the exponents (Pearce & Song 2024; Porian et al. 2024)."""
+    lines = ["## Counting conventions: N with or without embeddings, C as 6ND or as matmul FLOPs", ""]
+    v = runs.values
+    if not (np.isfinite(v["n_params_nonembed"]).all() and np.isfinite(v["flops_per_token_matmul"]).all()):
+        return lines + ["Skipped: these results have no `n_params_nonembed` or `flops_per_token_matmul` column.", ""]
+    counts = {"all parameters": runs.params, "without embeddings": v["n_params_nonembed"]}
+    rows = []
+    for n_name, n in counts.items():
+        for c_name, per_token in (("6ND", 6.0 * n), ("matmul FLOPs", v["flops_per_token_matmul"])):
+            exponents = _allocation_exponents(runs, n, per_token)
+            rows.append([n_name, c_name] + exponents)
+    lines += _table(["N counts", "C counts", "a (N_opt ∝ C^a)", "b (D_opt ∝ C^b)"], rows)
+    law_rows = []
+    for n_name, n in counts.items():
+        if len(np.unique(n)) < 2 or len(np.unique(runs.tokens)) < 2 or len(n) < MIN_RUNS_FOR_LAW_FIT:
+            law_rows.append([n_name, "skipped", "", ""])
+            continue
+        law = fit_chinchilla(n, runs.tokens, runs.loss, bootstrap=0).law
+        law_rows.append([n_name, f"{law.alpha:.4f}", f"{law.beta:.4f}", f"{law.beta / (law.alpha + law.beta):.4f}"])
+    lines += ["Chinchilla law fitted with each parameter count (no bootstrap); its compute-optimal a = β/(α+β):", ""]
+    return lines + _table(["N counts", "α", "β", "a from the law"], law_rows)
+
+
+def _allocation_exponents(runs: Runs, n: np.ndarray, per_token: np.ndarray) -> list[str]:
+    """[a, b] with 95% intervals from the compute-optimal points under one convention, or why not."""
+    keys = sorted({(float(a), float(t)) for a, t in zip(n, runs.tokens)})
+    cells = [(n == a) & (runs.tokens == t) for a, t in keys]
+    params = np.array([a for a, _ in keys])
+    per = np.array([per_token[c][0] for c in cells])
+    flops = np.array([t for _, t in keys]) * per
+    loss = np.array([runs.loss[c].mean() for c in cells])
+    optimal = compute_optimal_points(flops, params, loss, per)
+    if len(optimal.flops) < 3 or np.ptp(optimal.params) == 0:
+        return ["too few compute levels", ""]
+    return [f"{fit.exponent:.4f} {_interval(*fit.exponent_ci)}"
+            for fit in (fit_power_law(optimal.flops, optimal.params), fit_power_law(optimal.flops, optimal.tokens))]
 
 
 def chinchilla_section(runs: Runs, plots_dir: Path, bootstrap: int, seed: int):
@@ -402,6 +442,7 @@ def write_report(sweep_dir: Path, *, bootstrap: int = 4000, seed: int = 0, vocab
     lines += frontier_section(runs, plots_dir, law)
     lines += law_lines
     lines += inference_section(runs, plots_dir, law)
+    lines += conventions_section(runs)
     lines += repeated_section(runs, plots_dir, vocab_size, include_eval)
     report.write_text("\n".join(lines).rstrip() + "\n")
     return report

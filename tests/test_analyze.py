@@ -212,3 +212,37 @@ def test_the_report_analyses_training_step_energy_and_reads_the_vocabulary(tmp_p
     assert energy_means(section) == pytest.approx([np.mean(steps_kj[t]) + 0.9 for t in (5e5, 1e6, 2e6)], rel=1e-3)
     assert main([str(sweep), "--bootstrap", "0", "--include-eval", "--vocab-size", "50257"]) == 0
     assert "vocabulary size 50257 (given)" in (sweep / "report.md").read_text()
+
+
+def test_both_counting_conventions_side_by_side(tmp_path):
+    """Losses from a known law in the non-embedding count: fitted that way the law's exponents come back; with the
+    embeddings counted (most of N at this scale) they do not."""
+    rng = np.random.default_rng(1)
+    rows = []
+    for shape in GRID_MODELS:
+        total, nonembed = n_params(*shape)
+        for tokens in GRID_BUDGETS:
+            loss = TOY_LAW.loss(nonembed, tokens) * np.exp(rng.normal(0, 0.002))
+            rows.append(run_row(len(rows), shape, tokens, loss, flops_per_token_matmul=6 * nonembed + 12 * 64 * shape[0]))
+    sweep = tmp_path / "conventions"
+    sweep.mkdir()
+    with (sweep / "results.csv").open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, COLUMNS + ["flops_per_token_matmul"])
+        writer.writeheader()
+        writer.writerows(rows)
+    text = write_report(sweep, bootstrap=0).read_text()
+    section = text[text.index("## Counting conventions"):]
+    table = [line for line in section.splitlines() if line.startswith("| all parameters") or
+             line.startswith("| without embeddings")]
+    assert len(table) == 6  # 2 x 2 allocation rows, 2 law rows
+    law = {line.split("|")[1].strip(): [float(x) for x in line.split("|")[2:5]] for line in table[-2:]}
+    alpha, beta, a = law["without embeddings"]
+    assert (alpha, beta) == (pytest.approx(TOY_LAW.alpha, abs=0.02), pytest.approx(TOY_LAW.beta, abs=0.02))
+    assert a == pytest.approx(TOY_LAW.beta / (TOY_LAW.alpha + TOY_LAW.beta), abs=0.03)
+    assert abs(law["all parameters"][0] - TOY_LAW.alpha) > 0.05  # the embeddings move the exponent
+    assert all("too few" not in line for line in table[:4])
+
+
+def test_conventions_skip_without_the_columns(tmp_path):
+    text = write_report(grid_sweep(tmp_path / "old"), bootstrap=0).read_text()
+    assert "Skipped: these results have no `n_params_nonembed` or `flops_per_token_matmul` column." in text

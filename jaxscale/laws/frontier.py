@@ -109,14 +109,20 @@ def envelope(flops, params, loss, points: int = 200) -> Envelope:
     return Envelope(grid, best, best_params)
 
 
-def compute_optimal_points(flops, params, loss) -> Frontier:
-    """The envelope's choice at every distinct run compute that two or more model curves cover."""
+def compute_optimal_points(flops, params, loss, flops_per_token=None) -> Frontier:
+    """The envelope's choice at every distinct run compute that two or more model curves cover. D_opt is C divided
+    by the chosen model's compute per token: `flops_per_token` (one per run), else 6 N."""
     flops, params, loss = (np.asarray(v, float) for v in (flops, params, loss))
     levels = np.unique(flops)
     best, best_params, covering = _lowest_model(flops, params, loss, levels)
     keep = covering >= 2
     levels, best, best_params = levels[keep], best[keep], best_params[keep]
-    return Frontier(levels, best_params, levels / (6.0 * best_params), best, np.flatnonzero(keep))
+    if flops_per_token is None:
+        per_token = 6.0 * best_params
+    else:
+        of_model = dict(zip(params, np.asarray(flops_per_token, float)))
+        per_token = np.array([of_model[n] for n in best_params])
+    return Frontier(levels, best_params, levels / per_token, best, np.flatnonzero(keep))
 
 
 @dataclass(frozen=True)
