@@ -109,3 +109,24 @@ def test_module_entry_point_and_cost_dtype_check(tmp_path):
     assert done.stderr.strip() == (
         "python -m jaxscale.laws cost: error: dtype 'fp8' has no peak listed for A100; allowed: bf16, fp16, int8"
     )
+
+
+def test_fit_with_two_parameter_counts_side_by_side(capsys, tmp_path):
+    """Losses from a law in the count without embeddings (a fixed 2e7-parameter embedding added for the other):
+    fitted with that count the law's exponents come back, with the other they move."""
+    law = ChinchillaLaw(E=1.69, A=406.4, B=410.7, alpha=0.34, beta=0.28)
+    n, d = (a.ravel() for a in np.meshgrid(np.geomspace(1e6, 1e9, 8), np.geomspace(1e9, 1e12, 8)))
+    loss = law.loss(n, d) * np.exp(np.random.default_rng(1).normal(0, 0.002, n.size))
+    path = tmp_path / "two.csv"
+    rows = [f"{a + 2e7},{a},{b},{c}" for a, b, c in zip(n, d, loss)]
+    path.write_text("n_params,n_params_nonembed,tokens,loss\n" + "\n".join(rows) + "\n")
+    code, out, _ = run(capsys, "fit", str(path), "--params-col", "n_params,n_params_nonembed", "--tokens-col", "tokens",
+                       "--loss-col", "loss", "--json")
+    fits = json.loads(out[out.index("{"):])["conventions"]
+    assert code == 0 and set(fits) == {"n_params", "n_params_nonembed"}
+    assert fits["n_params_nonembed"]["alpha"] == pytest.approx(0.34, abs=0.02)
+    assert fits["n_params_nonembed"]["beta"] == pytest.approx(0.28, abs=0.02)
+    assert abs(fits["n_params"]["alpha"] - 0.34) > 0.05
+    code, out, _ = run(capsys, "fit", str(path), "--params-col", "n_params,n_params_nonembed", "--tokens-col", "tokens",
+                       "--loss-col", "loss")
+    assert code == 0 and "N = n_params_nonembed" in out and out.count("alpha") == 1

@@ -53,7 +53,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     fit = commands.add_parser("fit", help="fit L(N, D) = E + A/N^alpha + B/D^beta (Chinchilla Approach 3)")
     fit.add_argument("csv")
-    fit.add_argument("--params-col", required=True, help="column with the parameter count N")
+    fit.add_argument("--params-col", required=True,
+                     help="column with the parameter count N; several, comma-separated (e.g. n_params,n_params_nonembed), "
+                          "fit once per count and show the exponents side by side")
     source = fit.add_mutually_exclusive_group(required=True)
     source.add_argument("--tokens-col", help="column with the training tokens D")
     source.add_argument("--flops-col", help="column with training FLOPs C instead; D = C / (6N)")
@@ -89,12 +91,20 @@ def _law(args) -> ChinchillaLaw:
 
 
 def run_fit(args) -> dict:
+    """One fit; with several --params-col, {"conventions": {column: fit}} (the same runs, N counted each way)."""
+    counts = [c.strip() for c in args.params_col.split(",") if c.strip()]
+    if len(counts) == 1:
+        return _run_fit(args, counts[0])
+    return {"conventions": {column: _run_fit(args, column) for column in counts}}
+
+
+def _run_fit(args, params_col: str) -> dict:
     from jaxscale.laws.chinchilla import fit_chinchilla
 
     columns, rows = read_csv(args.csv)
-    wanted = [args.params_col, args.tokens_col or args.flops_col, args.loss_col]
+    wanted = [params_col, args.tokens_col or args.flops_col, args.loss_col]
     require_columns(args.csv, columns, wanted)
-    params = numbers(args.csv, rows, args.params_col, positive=True)
+    params = numbers(args.csv, rows, params_col, positive=True)
     if args.tokens_col:
         tokens = numbers(args.csv, rows, args.tokens_col, positive=True)
     else:
@@ -115,7 +125,7 @@ def run_fit(args) -> dict:
     except ValueError as error:
         raise InputError(f"{args.csv}: {error}") from None
     if not args.json:
-        print(f"Chinchilla Approach-3 fit: {fit.n_runs} runs of {args.csv}, {fit.n_starts} starts "
+        print(f"Chinchilla Approach-3 fit, N = {params_col}: {fit.n_runs} runs of {args.csv}, {fit.n_starts} starts "
               f"({fit.n_diverged} diverged, dropped)")
     return {**fit.as_dict(), **_fit_warnings(fit, params, tokens)}
 
@@ -158,6 +168,13 @@ def run_cost(args) -> dict:
 
 
 def format_fit(result: dict) -> str:
+    if "conventions" in result:
+        fits = result["conventions"]
+        lines = [f"{'':10}" + "".join(f"{'N = ' + column:>24}" for column in fits)]
+        lines += [f"{key:10}" + "".join(f"{fit[key]:24.5g}" for fit in fits.values())
+                  for key in ("E", "A", "B", "alpha", "beta", "a", "b")]
+        lines += [f"warning (N = {column}): {w}" for column, fit in fits.items() for w in fit.get("warnings", [])]
+        return "\n".join(lines)
     ci = result.get("ci")
     lines = [f"{'':10}{'value':>14}" + (f"{'95% interval':>30}" if ci else "")]
     for key in ("E", "A", "B", "alpha", "beta", "a", "b"):
