@@ -198,6 +198,37 @@ def frontier_section(runs: Runs, plots_dir: Path, law: ChinchillaLaw | None) -> 
     ]
 
 
+def hardware_section(runs: Runs, law: ChinchillaLaw | None) -> list[str]:
+    """The allocation reaching the sweep's best loss for the least time or energy on this hardware (see
+    jaxscale.laws.hardware), beside the FLOP-optimal one."""
+    from jaxscale.laws.hardware import FLOPS_PER_TOKEN, cheapest, fit_per_token_cost
+
+    lines = ["## Cheapest on this hardware: time and energy beside FLOPs", ""]
+    if not _usable(law):
+        return lines + ["Skipped: it needs a Chinchilla law fitted to this sweep.", ""]
+    v, target = runs.values, float(runs.loss.min())
+    seconds = v["steps_s"] if np.isfinite(v["steps_s"]).any() else runs.tokens / v["tokens_per_s"]
+    costs, missing = {"flops": FLOPS_PER_TOKEN}, []
+    for name, totals in (("time", seconds), ("energy", v["steps_energy_j"])):
+        try:
+            costs[name] = fit_per_token_cost(name, runs.params, runs.tokens, totals)
+        except ValueError as err:
+            missing.append(f"{name}: {err}")
+    try:
+        optima = {name: cheapest(law, target, cost) for name, cost in costs.items()}
+    except ValueError as err:
+        return lines + [f"Skipped: {err}.", ""]
+    lines += [f"To reach loss {target:.4g} (the sweep's best), with the cost of a training token fitted across the "
+              "models as c·N^k: " + ", ".join(f"{n} {c.coefficient:.3g}·N^{c.exponent:.3f}" for n, c in costs.items())
+              + ".", ""]  # fmt: skip
+    header = ["least", "N", "D"] + [f"{n} ({u})" for n, u in (("FLOPs", "FLOP"), ("time", "s"), ("energy", "J"))
+                                    if n.lower() in costs]  # fmt: skip
+    rows = [[name, f"{o.params:.4g}", f"{o.tokens:.4g}"] + [f"{float(c(o.params) * o.tokens):.4g}" for c in costs.values()]
+            for name, o in optima.items()]  # fmt: skip
+    lines += _table(header, rows)
+    return lines + [f"Not available: {m}." for m in missing] + ([""] if missing else [])
+
+
 def conventions_section(runs: Runs) -> list[str]:
     """The allocation exponents and the law's exponents under each way of counting N and C: at tiny scale the
     embeddings are most of N, and this choice alone moves the exponents (Pearce & Song 2024; Porian et al. 2024)."""
@@ -442,6 +473,7 @@ def write_report(sweep_dir: Path, *, bootstrap: int = 4000, seed: int = 0, vocab
     lines += frontier_section(runs, plots_dir, law)
     lines += law_lines
     lines += inference_section(runs, plots_dir, law)
+    lines += hardware_section(runs, law)
     lines += conventions_section(runs)
     lines += repeated_section(runs, plots_dir, vocab_size, include_eval)
     report.write_text("\n".join(lines).rstrip() + "\n")

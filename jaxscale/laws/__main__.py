@@ -66,9 +66,13 @@ def build_parser() -> argparse.ArgumentParser:
     fit.add_argument("--seed", type=int, default=0, help="bootstrap seed (default 0)")
     fit.add_argument("--json", action="store_true", help="print JSON instead of a table")
 
-    optimal = commands.add_parser("optimal", help="least lifetime compute for a loss and an inference demand")
+    optimal = commands.add_parser("optimal", help="least lifetime compute for a loss and an inference demand; or, "
+                                  "with --sweep, least FLOPs, time or energy on the hardware the sweep ran on")
     optimal.add_argument("--loss", type=float, required=True, help="target loss")
-    optimal.add_argument("--inference-tokens", type=float, required=True, help="lifetime inference tokens")
+    optimal.add_argument("--inference-tokens", type=float, help="lifetime inference tokens (without --sweep)")
+    optimal.add_argument("--sweep", help="a sweep directory: its law and measured cost per token")
+    optimal.add_argument("--objective", default="flops", choices=("flops", "time", "energy"),
+                         help="with --sweep: what to minimise (default flops)")
     _law_arguments(optimal)
 
     cost = commands.add_parser("cost", help="least lifetime dollar cost for a loss and an inference demand")
@@ -144,6 +148,12 @@ def _fit_warnings(fit, params, tokens) -> dict:
 
 
 def run_optimal(args) -> dict:
+    if args.sweep:
+        from jaxscale.laws.hardware import sweep_optimum
+
+        return sweep_optimum(args.sweep, args.objective, args.loss)
+    if args.inference_tokens is None:
+        raise InputError("--inference-tokens is required (or give --sweep DIR)")
     law = _law(args)
     return {
         "optimal": inference_optimal(law, args.loss, args.inference_tokens).as_dict(),
@@ -187,7 +197,20 @@ def format_fit(result: dict) -> str:
     return "\n".join(lines)
 
 
+def format_sweep_optimum(result: dict) -> str:
+    keys = [k for k in ("params", "tokens", "flops", "time", "energy") if k in result["optimal"]]
+    header = {"params": "N", "tokens": "D", "flops": "FLOPs", "time": "seconds", "energy": "joules"}
+    per_token = ", ".join(f"{name} {c['coefficient']:.3g}·N^{c['exponent']:.3f}" for name, c in result["per_token"].items())
+    lines = [f"loss {result['loss']:g}, least {result['objective']} on the sweep's hardware (per token: {per_token})",
+             f"{'':14}" + "".join(f"{header[k]:>14}" for k in keys)]
+    for name in ("optimal", "flop_optimal"):
+        lines.append(f"{name:14}" + "".join(f"{result[name][k]:14.4g}" for k in keys))
+    return "\n".join(lines + [f"warning: {w}" for w in result.get("warnings", [])])
+
+
 def format_comparison(result: dict) -> str:
+    if "flop_optimal" in result:
+        return format_sweep_optimum(result)
     keys = [k for k in ("params", "train_tokens", "total_flops", "total_cost") if k in result["optimal"]]
     header = {"params": "params", "train_tokens": "train tokens", "total_flops": "total FLOPs", "total_cost": "total $"}
     lines = [f"{'':12}" + "".join(f"{header[k]:>15}" for k in keys)]
