@@ -19,7 +19,7 @@ from typing import Any, Callable
 import jax
 import numpy as np
 
-from jaxscale import runtime, sharding
+from jaxscale import hf, runtime, sharding
 from jaxscale.checkpoint import RunCheckpoints
 from jaxscale.config import Config, ConfigError, RunSpec, expand, load_raw, to_dict
 from jaxscale.data.corpora import load_corpus
@@ -138,6 +138,8 @@ def run_one(spec: RunSpec, data: Prepared, run_dir: Path, progress: Progress, st
     held_out = [sharding.shard_batch(rows[index::count], mesh)
                 for rows in eval_batches(data.splits["valid"], seq_len, train.batch_size, train.eval_tokens)]
     state = init_state(model, train, budget.steps, seq_len, jax.random.key(train.seed), mesh=mesh)
+    if cfg.init_from:  # the optimizer state stays fresh
+        state = state.replace(params=hf.place(hf.load_params(cfg, data.vocab_size), state.params))
     checkpoints = RunCheckpoints(run_dir / "checkpoints", config.checkpoint.keep)
     restored = checkpoints.restore(state, batches)
     book = {"records": [], "wall_s": 0.0, "eval_s": 0.0, "compile_s": 0.0, "resumed_at": [], "energy": []}
@@ -321,6 +323,8 @@ def run_sweep(raw: dict, out: Path, worker: tuple[int, int] = (0, 1), quiet: boo
         plan_budget(len(data.splits["train"]), spec.config.data.seq_len, spec.config.train.batch_size,
                     spec.config.train.tokens)
         runtime.resolve(spec.config, runtime.hardware(mesh_for(spec.config.mesh).devices.flat), data.vocab_size)
+        if spec.config.model.init_from:
+            hf.check_compatible(spec.config, data.vocab_size)
     sweep = Sweep(out, raw, runs, writer=sharding.is_writer(), claiming=jax.process_count() == 1)
     progress = Progress(len(runs), quiet=quiet)
     meters = {}
