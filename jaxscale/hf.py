@@ -86,6 +86,14 @@ def stack(params: dict, n_layers: int) -> dict:
     return {**rest, SCANNED: jax.tree.map(lambda *layers: np.stack(layers), *blocks)}
 
 
+def unstack(params: dict) -> dict:
+    if SCANNED not in params:
+        return params
+    n_layers = jax.tree.leaves(params[SCANNED])[0].shape[0]
+    rest = {k: v for k, v in params.items() if k != SCANNED}
+    return {**rest, **{f"block_{i}": jax.tree.map(lambda x, i=i: x[i], params[SCANNED]) for i in range(n_layers)}}
+
+
 # -- import --------------------------------------------------------------------------------------------
 
 def read_config(directory: Path) -> dict:
@@ -192,3 +200,24 @@ def place(params: dict, like):
     """Host arrays placed as `like` (the fresh state's parameters) is; each process reads only its shards."""
     return jax.tree.map(lambda x, ref: jax.make_array_from_callback(x.shape, ref.sharding, lambda i: x[i]), params, like)
 
+
+# -- export --------------------------------------------------------------------------------------------
+
+def llama_tensors(params: dict, n_layers: int) -> dict[str, np.ndarray]:
+    flat = flatten(unstack(params))
+    return {name: np.ascontiguousarray(to_hf(path, np.asarray(flat[path], np.float32)))
+            for path, name in llama_names(n_layers).items()}
+
+
+def llama_config(m: ModelConfig, vocab_size: int, seq_len: int, bos: int | None, eos: int | None) -> dict:
+    n_heads = heads(m)
+    return {
+        "architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_size": m.d_model,
+        "intermediate_size": m.d_mlp, "num_hidden_layers": m.n_layers, "num_attention_heads": n_heads,
+        "num_key_value_heads": m.n_kv_heads or n_heads, "head_dim": m.d_model // n_heads, "hidden_act": "silu",
+        "vocab_size": vocab_size, "max_position_embeddings": seq_len, "rms_norm_eps": m.norm_eps,
+        # both spellings: transformers 5 reads rope_parameters, 4.x rope_theta
+        "rope_theta": m.rope_theta, "rope_scaling": None, "rope_parameters": {"rope_type": "default", "rope_theta": m.rope_theta},
+        "attention_bias": False, "mlp_bias": False, "tie_word_embeddings": False, "torch_dtype": "float32",
+        "dtype": "float32", "bos_token_id": bos, "eos_token_id": eos, "pad_token_id": None,
+    }

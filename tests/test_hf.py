@@ -1,18 +1,24 @@
-"""Hugging Face checkpoints in, checked against transformers itself: a checkpoint saved by transformers'
-save_pretrained imports with transformers' logits; what does not fit is refused by name. Skipped without
-transformers and torch (`pip install 'jaxscale[test,bench]'`)."""
+"""Hugging Face checkpoints in and out, checked against transformers itself: an exported run loads in
+LlamaForCausalLM with jaxscale's logits, export then import is bit-identical, a checkpoint saved by
+transformers' save_pretrained imports with transformers' logits; what does not fit is refused by name.
+Skipped without transformers and torch (`pip install 'jaxscale[test,bench]'`)."""
 import json
 import random
 import shutil
+import subprocess
+import sys
 
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
+from conftest import ROOT
 from jaxscale import hf
 from jaxscale.config import Config, ConfigError, ModelConfig
+from jaxscale.export import main as export_main
 from jaxscale.models import build_model
+from jaxscale.models.llama import unstack_blocks
 from jaxscale.train import main as train_main
 
 transformers = pytest.importorskip("transformers")
@@ -94,6 +100,68 @@ def tokens(vocab, seed=0):
 
 def assert_loads_cleanly(info):
     assert not any(info[k] for k in ("missing_keys", "unexpected_keys", "mismatched_keys", "error_msgs")), info
+
+
+@pytest.fixture(scope="module")
+def llama_run(setup, tmp_path_factory):
+    """A trained tiny Llama (scanned layers) and its export through the command line."""
+    root, config, vocab = setup
+    run_dir = train(config, tmp_path_factory.mktemp("llama") / "sweep")
+    out = root / "exported"
+    proc = subprocess.run([sys.executable, "-m", "jaxscale.export", str(run_dir), str(out)], cwd=ROOT,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    return run_dir, out
+
+
+def test_exported_llama_gives_jaxscale_logits_in_transformers(setup, llama_run):
+    root, _, vocab = setup
+    run_dir, out = llama_run
+    model, info = transformers.LlamaForCausalLM.from_pretrained(
+        out, dtype=torch.float32, attn_implementation="eager", output_loading_info=True)
+    assert_loads_cleanly(info)
+    cfg = ModelConfig(arch="llama", **LLAMA)
+    ids = tokens(vocab)
+    np.testing.assert_allclose(torch_logits(model, ids), jax_logits(cfg, vocab, checkpoint_params(run_dir), ids),
+                               atol=1e-4)
+    written = json.loads((out / "config.json").read_text())
+    eot = transformers.PreTrainedTokenizerFast(tokenizer_file=str(root / "tokenizer.json")).convert_tokens_to_ids(
+        "<|endoftext|>")
+    assert (written["max_position_embeddings"], written["bos_token_id"], written["eos_token_id"]) == (SEQ, eot, eot)
+    assert (out / "tokenizer.json").read_bytes() == (root / "tokenizer.json").read_bytes()
+    loaded = transformers.AutoTokenizer.from_pretrained(out)
+    from tokenizers import Tokenizer
+    assert loaded("the model run", add_special_tokens=False).input_ids == Tokenizer.from_file(
+        str(root / "tokenizer.json")).encode("the model run").ids
+
+
+def test_export_then_import_is_bit_identical(setup, llama_run, tmp_path):
+    _, config, vocab = setup
+    run_dir, out = llama_run
+    # lr = 0: the imported run's final parameters are the ones it started from
+    again = train(config, tmp_path / "again", f"model.init_from={out}", "train.lr=0", "train.warmup_frac=0")
+    ours, theirs = checkpoint_params(run_dir), checkpoint_params(again)
+    assert jax.tree.structure(ours) == jax.tree.structure(theirs)
+    assert all(np.array_equal(a, b) for a, b in zip(jax.tree.leaves(ours), jax.tree.leaves(theirs)))
+    unrolled = hf.load_params(ModelConfig(arch="llama", **LLAMA, scan_layers=False, init_from=str(out)), vocab)
+    for a, b in zip(jax.tree.leaves(unstack_blocks(ours)), jax.tree.leaves(unrolled)):
+        assert np.array_equal(a, b)
+
+
+def test_export_refuses_a_non_empty_out_dir_and_a_run_without_final_checkpoint(llama_run, tmp_path, capsys):
+    run_dir, _ = llama_run
+    busy = tmp_path / "busy"
+    busy.mkdir()
+    (busy / "keep.txt").write_text("mine")
+    assert export_main([str(run_dir), str(busy)]) == 2
+    assert [p.name for p in busy.iterdir()] == ["keep.txt"]
+    assert "not empty" in capsys.readouterr().err
+    unfinished = tmp_path / "unfinished"
+    shutil.copytree(run_dir, unfinished, ignore=shutil.ignore_patterns("checkpoints"))
+    assert export_main([str(unfinished), str(tmp_path / "new")]) == 2
+    err = capsys.readouterr().err
+    assert "checkpoint.final=true" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "new").exists()
 
 
 @pytest.fixture(scope="module")
