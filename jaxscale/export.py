@@ -1,6 +1,7 @@
 """`python -m jaxscale.export RUN_DIR OUT_DIR`: a finished run as a Hugging Face model directory.
 
-A Llama becomes what `transformers.LlamaForCausalLM.from_pretrained(OUT_DIR)` loads. The weights come
+A Llama becomes what `transformers.LlamaForCausalLM.from_pretrained(OUT_DIR)` loads, the tiny transformer
+a GPT2LMHeadModel (learned positions, LayerNorm, tanh-GELU MLP: the same function). The weights come
 from the run's final checkpoint (train with checkpoint.final=true), in float32; the run's tokenizer is
 copied when it is a file (tokenizer.path), not when it is the BPE trained for the run.
 """
@@ -72,8 +73,8 @@ def tokenizer_files(config: Config) -> tuple[dict[str, Path], int | None, int | 
             (sp.eos_id() if sp.eos_id() >= 0 else None)
     from tokenizers import Tokenizer
     tok = Tokenizer.from_file(str(path))
-    first = lambda names: next((tok.token_to_id(t) for t in names if tok.token_to_id(t) is not None), None)  # noqa: E731
-    return {"tokenizer.json": path}, first(BOS), first(EOS)
+    ids = lambda names: [tok.token_to_id(t) for t in names if tok.token_to_id(t) is not None]  # noqa: E731
+    return {"tokenizer.json": path}, next(iter(ids(BOS)), None), next(iter(ids(EOS)), None)
 
 
 def export(run_dir: Path, out_dir: Path) -> str:
@@ -82,11 +83,14 @@ def export(run_dir: Path, out_dir: Path) -> str:
         raise ConfigError(f"{out_dir} exists and is not empty; give a new or empty OUT_DIR")
     config = run_config(run_dir)
     m, seq_len = config.model, config.data.seq_len
-    if m.arch != "llama":
-        raise ConfigError(f"model.arch {m.arch!r}: only llama exports")
+    if m.arch not in ("llama", "tiny"):
+        raise ConfigError(f"model.arch {m.arch!r}: only llama (as Llama) and tiny (as GPT-2) export")
     params, vocab = final_params(run_dir, config)
     files, bos, eos = tokenizer_files(config)
-    tensors, hf_config = hf.llama_tensors(params, m.n_layers), hf.llama_config(m, vocab, seq_len, bos, eos)
+    if m.arch == "llama":
+        tensors, hf_config = hf.llama_tensors(params, m.n_layers), hf.llama_config(m, vocab, seq_len, bos, eos)
+    else:
+        tensors, hf_config = hf.gpt2_tensors(params, m), hf.gpt2_config(m, vocab, seq_len, bos, eos)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}-", dir=out_dir.parent))
     staging.chmod(0o755)  # mkdtemp makes it private

@@ -1,5 +1,6 @@
 """Hugging Face checkpoints in and out: a Llama directory (config.json + safetensors, one file or sharded
-with model.safetensors.index.json, as TinyLlama ships) to jaxscale's Llama parameters and back.
+with model.safetensors.index.json, as TinyLlama ships) to jaxscale's Llama parameters and back, and the
+tiny transformer out as GPT-2.
 
 jaxscale's Llama computes what transformers' LlamaForCausalLM computes (rotate-half RoPE, so q and k need
 no permutation); only the layouts differ: a torch Linear's weight is [out, in], a jaxscale kernel is
@@ -137,7 +138,8 @@ def check_compatible(config: Config, vocab_size: int) -> None:
     where = f"model.init_from: {directory / 'config.json'}"
     theta, scaling = _rope(ckpt)
     refused = {"model_type": (ckpt.get("model_type"), "llama"), "hidden_act": (ckpt.get("hidden_act", "silu"), "silu"),
-               "attention_bias": (ckpt.get("attention_bias", False), False), "mlp_bias": (ckpt.get("mlp_bias", False), False),
+               "attention_bias": (ckpt.get("attention_bias", False), False),
+               "mlp_bias": (ckpt.get("mlp_bias", False), False),
                "rope_scaling": (scaling, None)}
     for key, (value, supported) in refused.items():
         if value != supported:
@@ -151,10 +153,12 @@ def check_compatible(config: Config, vocab_size: int) -> None:
     expected = {"hidden_size": ("model.d_model", m.d_model), "intermediate_size": ("model.d_mlp", m.d_mlp),
                 "num_hidden_layers": ("model.n_layers", m.n_layers), "num_attention_heads": ("model.n_heads", heads(m)),
                 "num_key_value_heads": ("model.n_kv_heads", m.n_kv_heads or heads(m)),
-                "vocab_size": ("the tokenizer's vocabulary", vocab_size), "rope_theta": ("model.rope_theta", m.rope_theta),
-                "rms_norm_eps": ("model.norm_eps", m.norm_eps), "tie_word_embeddings": ("jaxscale's untied Llama", False)}
+                "vocab_size": ("the tokenizer's vocabulary", vocab_size),
+                "rope_theta": ("model.rope_theta", m.rope_theta), "rms_norm_eps": ("model.norm_eps", m.norm_eps),
+                "tie_word_embeddings": ("jaxscale's untied Llama", False)}
     found = {**ckpt, "rope_theta": theta, "num_key_value_heads": ckpt.get("num_key_value_heads") or n_heads,
-             "tie_word_embeddings": ckpt.get("tie_word_embeddings", False), "rms_norm_eps": ckpt.get("rms_norm_eps", 1e-6)}
+             "tie_word_embeddings": ckpt.get("tie_word_embeddings", False),
+             "rms_norm_eps": ckpt.get("rms_norm_eps", 1e-6)}  # transformers' defaults where a key is absent
     for key, (ours, value) in expected.items():
         if found.get(key) != value:
             raise ConfigError(f"{where}: {key} = {json.dumps(found.get(key))} does not match {ours} = {value}")
@@ -198,7 +202,8 @@ def load_params(m: ModelConfig, vocab_size: int) -> dict:
 
 def place(params: dict, like):
     """Host arrays placed as `like` (the fresh state's parameters) is; each process reads only its shards."""
-    return jax.tree.map(lambda x, ref: jax.make_array_from_callback(x.shape, ref.sharding, lambda i: x[i]), params, like)
+    place_one = lambda x, ref: jax.make_array_from_callback(x.shape, ref.sharding, lambda i: x[i])  # noqa: E731
+    return jax.tree.map(place_one, params, like)
 
 
 # -- export --------------------------------------------------------------------------------------------
@@ -217,7 +222,42 @@ def llama_config(m: ModelConfig, vocab_size: int, seq_len: int, bos: int | None,
         "num_key_value_heads": m.n_kv_heads or n_heads, "head_dim": m.d_model // n_heads, "hidden_act": "silu",
         "vocab_size": vocab_size, "max_position_embeddings": seq_len, "rms_norm_eps": m.norm_eps,
         # both spellings: transformers 5 reads rope_parameters, 4.x rope_theta
-        "rope_theta": m.rope_theta, "rope_scaling": None, "rope_parameters": {"rope_type": "default", "rope_theta": m.rope_theta},
+        "rope_theta": m.rope_theta, "rope_scaling": None,
+        "rope_parameters": {"rope_type": "default", "rope_theta": m.rope_theta},
         "attention_bias": False, "mlp_bias": False, "tie_word_embeddings": False, "torch_dtype": "float32",
         "dtype": "float32", "bos_token_id": bos, "eos_token_id": eos, "pad_token_id": None,
+    }
+
+
+def gpt2_tensors(params: dict, m: ModelConfig) -> dict[str, np.ndarray]:
+    """The tiny transformer as GPT-2, whose Conv1D weights are [in, out] like jaxscale's kernels."""
+    d = m.d_model
+    p = jax.tree.map(lambda x: np.asarray(x, np.float32), params)
+    out = {"transformer.wte.weight": p["tok_embed"]["embedding"], "transformer.wpe.weight": p["pos_embed"],
+           "transformer.ln_f.weight": p["ln_final"]["scale"], "transformer.ln_f.bias": p["ln_final"]["bias"]}
+    if not m.tie_embeddings:
+        out["lm_head.weight"] = p["lm_head"]
+    for i in range(m.n_layers):
+        b, pre = p[f"block_{i}"], f"transformer.h.{i}."
+        out.update({
+            pre + "ln_1.weight": b["ln_attn"]["scale"], pre + "ln_1.bias": b["ln_attn"]["bias"],
+            pre + "attn.c_attn.weight": b["qkv"]["kernel"].reshape(d, 3 * d),  # [d, (q|k|v, heads, head_dim)]
+            pre + "attn.c_attn.bias": b["qkv"]["bias"].reshape(3 * d),
+            pre + "attn.c_proj.weight": b["attn_out"]["kernel"].reshape(d, d),
+            pre + "attn.c_proj.bias": b["attn_out"]["bias"],
+            pre + "ln_2.weight": b["ln_mlp"]["scale"], pre + "ln_2.bias": b["ln_mlp"]["bias"],
+            pre + "mlp.c_fc.weight": b["mlp_in"]["kernel"], pre + "mlp.c_fc.bias": b["mlp_in"]["bias"],
+            pre + "mlp.c_proj.weight": b["mlp_out"]["kernel"], pre + "mlp.c_proj.bias": b["mlp_out"]["bias"],
+        })
+    return {k: np.ascontiguousarray(v) for k, v in out.items()}
+
+
+def gpt2_config(m: ModelConfig, vocab_size: int, seq_len: int, bos: int | None, eos: int | None) -> dict:
+    return {
+        "architectures": ["GPT2LMHeadModel"], "model_type": "gpt2", "n_embd": m.d_model, "n_layer": m.n_layers,
+        "n_head": heads(m), "n_inner": m.d_mlp, "n_positions": seq_len, "vocab_size": vocab_size,
+        # flax's nn.gelu is the tanh approximation (approximate=True), GPT-2's gelu_new; flax LayerNorm's epsilon
+        "activation_function": "gelu_new", "layer_norm_epsilon": 1e-6, "scale_attn_weights": True,
+        "resid_pdrop": 0.0, "embd_pdrop": 0.0, "attn_pdrop": 0.0, "tie_word_embeddings": m.tie_embeddings,
+        "torch_dtype": "float32", "dtype": "float32", "bos_token_id": bos, "eos_token_id": eos,
     }

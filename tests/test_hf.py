@@ -1,7 +1,9 @@
 """Hugging Face checkpoints in and out, checked against transformers itself: an exported run loads in
-LlamaForCausalLM with jaxscale's logits, export then import is bit-identical, a checkpoint saved by
-transformers' save_pretrained imports with transformers' logits; what does not fit is refused by name.
+LlamaForCausalLM (a tiny transformer in GPT2LMHeadModel) with jaxscale's logits, export then import is
+bit-identical, a checkpoint saved by transformers' save_pretrained imports with transformers' logits;
+what does not fit is refused by name.
 Skipped without transformers and torch (`pip install 'jaxscale[test,bench]'`)."""
+import dataclasses
 import json
 import random
 import shutil
@@ -290,3 +292,22 @@ def test_the_command_line_stops_before_writing(setup, hf_llama, tmp_path, capsys
     err = capsys.readouterr().err.strip()
     assert words in err and len(err.splitlines()) == 1 and err.startswith("error: model.init_from")
     assert not out.exists()
+
+
+@pytest.mark.parametrize("tie", [True, False])
+def test_tiny_transformer_exports_as_gpt2(setup, tmp_path, tie):
+    _, config, vocab = setup
+    run_dir = train(config, tmp_path / "sweep", "model.arch=tiny", "model.n_heads=2",
+                    f"model.tie_embeddings={str(tie).lower()}")
+    assert export_main([str(run_dir), str(tmp_path / "gpt2")]) == 0
+    model, info = transformers.GPT2LMHeadModel.from_pretrained(
+        tmp_path / "gpt2", dtype=torch.float32, attn_implementation="eager", output_loading_info=True)
+    assert_loads_cleanly(info)
+    cfg = dataclasses.replace(ModelConfig(arch="tiny", d_model=32, d_mlp=64, n_layers=2, n_heads=2), tie_embeddings=tie)
+    ids = tokens(vocab, seed=2)
+    # 1e-5: a small trained model's MLP inputs are small, where erf- and tanh-GELU differ by ~3e-6 in the logits
+    np.testing.assert_allclose(torch_logits(model, ids), jax_logits(cfg, vocab, checkpoint_params(run_dir), ids),
+                               atol=1e-5)
+    x = np.linspace(-8, 8, 1001, dtype=np.float32)  # so the activation is checked where the two GELUs part
+    gelu = transformers.activations.ACT2FN[model.config.activation_function]
+    np.testing.assert_allclose(gelu(torch.from_numpy(x)).numpy(), np.asarray(jax.nn.gelu(x)), atol=1e-6)
