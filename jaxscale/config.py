@@ -73,6 +73,7 @@ class ModelConfig:
     # runtime before the model is built). true/false in old configs mean full/none.
     remat: str = "none"
     scan_layers: bool = True  # llama: one nn.scan over the blocks (params stacked on a "layers" axis)
+    init_from: str = ""  # llama: a Hugging Face Llama directory (config.json + safetensors) to start from
 
     @property
     def label(self) -> str:

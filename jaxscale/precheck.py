@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 
-from jaxscale import runtime, sharding
+from jaxscale import hf, runtime, sharding
 from jaxscale.config import Config, ConfigError, RunSpec, expand
 from jaxscale.data.corpora import load_corpus
 from jaxscale.data.loader import eval_batches, plan_budget
@@ -48,6 +48,8 @@ def check_sweep(raw: dict) -> tuple[list[RunSpec], dict]:
         eval_batches(data.splits["valid"], seq_len, config.train.batch_size, seq_len)
         mesh = mesh_for(config.mesh)
         runtime.resolve(config, runtime.hardware(mesh.devices.flat), data.vocab_size)
+        if config.model.init_from:
+            hf.check_compatible(config, data.vocab_size)
         if config.train.batch_size % sharding.data_shard(mesh)[1]:
             raise ConfigError(f"train.batch_size {config.train.batch_size} is not divisible by the "
                               f"{sharding.data_shard(mesh)[1]} processes")

@@ -23,7 +23,7 @@ from typing import Any, Callable
 import jax
 import numpy as np
 
-from jaxscale import runtime, sharding
+from jaxscale import hf, runtime, sharding
 from jaxscale.checkpoint import RunCheckpoints
 from jaxscale.config import Config, ConfigError, RunSpec, load_raw, to_dict
 from jaxscale.data.loader import Budget, eval_batches, plan_budget, train_dataset, train_iterator
@@ -206,6 +206,8 @@ def _resume_or_start(spec: RunSpec, model, budget: Budget, mesh, checkpoints: Ru
               "starting again from step 0 with a fresh state and data order", file=sys.stderr)
     book = {"records": [], "wall_s": 0.0, "resumed_at": [], "energy": []}
     state = init_state(model, train, budget.steps, seq_len, jax.random.key(train.seed), mesh=mesh)
+    if spec.config.model.init_from:  # a Hugging Face checkpoint's weights; the optimizer state stays fresh
+        state = state.replace(params=hf.place(hf.load_params(spec.config.model, model.vocab_size), state.params))
     return state, book, new_batches()
 
 
