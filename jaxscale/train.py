@@ -123,14 +123,18 @@ def sum_over_processes(row: dict) -> dict:
         return row
     from jax.experimental import multihost_utils
 
-    keys = sorted(k for k in row if k.endswith(ENERGY_ACROSS_PROCESSES))
+    summed = sorted(k for k in row if k.endswith(ENERGY_ACROSS_PROCESSES))
+    keys = summed + sorted(k for k in row if k.endswith("_s"))
     mine = np.array([np.nan if row[k] is None else row[k] for k in keys], np.float64)
     # as int32 pairs: without jax_enable_x64 a float64 array would travel as float32
     every = np.asarray(multihost_utils.process_allgather(mine.view(np.int32))).view(np.float64)
-    total = {**row, **{k: None if np.isnan(col).any() else float(col.sum()) for k, col in zip(keys, every.T)}}
+    total = {**row, **{k: None if np.isnan(col).any() else float(col.sum())
+                       for k, col in zip(summed, every.T[:len(summed)])}}
     energy, duration = total["energy_j"], total["duration_s"]
     total["power_mean_w"] = energy / duration if energy is not None and duration else None
     total["energy_processes"] = jax.process_count()
+    # each process's own figures (its windows start and end at its own times: one waits for another at start-up)
+    total["by_process"] = [{k: None if np.isnan(x) else float(x) for k, x in zip(keys, values)} for values in every]
     return total
 
 

@@ -65,7 +65,11 @@ def test_each_process_meters_its_own_gpus_and_the_run_sums_them(tmp_path):
         (row,) = list(csv.DictReader(f))
     summary = json.loads((out / row["run_id"] / "summary.json").read_text())
     assert summary["energy_processes"] == 2 and summary["energy_source"] == "counter"
-    # constant powers: every window's energy is 1500 W times its duration (the processes step together)
-    assert summary["steps_energy_j"] / summary["steps_s"] == pytest.approx(1500.0, rel=0.03)
-    assert summary["compile_energy_j"] / summary["compile_s"] == pytest.approx(1500.0, rel=0.05)
+    # constant powers: each process's windows at its own GPUs' power (500 W and 1000 W), the run's their sum
+    mine = summary["by_process"]
+    for process, watts in zip(mine, (500.0, 1000.0)):
+        for window in ("steps", "compile"):
+            assert process[f"{window}_energy_j"] == pytest.approx(watts * process[f"{window}_s"], rel=0.01)
+    assert summary["steps_energy_j"] == pytest.approx(sum(p["steps_energy_j"] for p in mine), rel=1e-12)
+    assert summary["energy_j"] == pytest.approx(sum(p["energy_j"] for p in mine), rel=1e-12)
     assert float(row["energy_j"]) == pytest.approx(summary["energy_j"]) and summary["energy_j"] > summary["steps_energy_j"]
