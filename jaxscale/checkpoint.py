@@ -18,7 +18,7 @@ class RunCheckpoints:
     """Every `every` steps (asynchronously: the arrays are copied before the next step may donate
     them), keeping the newest `keep`; `restore` skips an unreadable newest checkpoint for an older one."""
 
-    def __init__(self, directory: Path, keep: int):
+    def __init__(self, directory: Path, keep: int | None):
         self.directory, self.keep = Path(directory).absolute(), keep
         self.unreadable: list[Path] = []  # where the checkpoints `restore` could not read were moved
         self.manager = self._manager()
@@ -35,11 +35,12 @@ class RunCheckpoints:
         if wait:
             self.manager.wait_until_finished()
 
-    def restore(self, abstract_state, new_iterator):
-        """(state, meta, iterator) from the newest readable checkpoint, or None when none can be read.
-        `abstract_state`: shapes, dtypes and shardings to restore into (nothing is allocated twice). Each try
-        restores into a fresh `new_iterator()`: a failed try may already have moved its iterator."""
-        for step in sorted(self.manager.all_steps(), reverse=True):
+    def restore(self, abstract_state, new_iterator, step: int | None = None):
+        """(state, meta, iterator) from the newest readable checkpoint (or the one of `step`), or None when none
+        can be read. `abstract_state`: shapes, dtypes and shardings to restore into (nothing is allocated twice).
+        Each try restores into a fresh `new_iterator()`: a failed try may already have moved its iterator."""
+        steps = sorted(self.manager.all_steps(), reverse=True)
+        for step in steps if step is None else [s for s in steps if s == step]:
             iterator = new_iterator()
             try:
                 restored = self.manager.restore(step, args=ocp.args.Composite(

@@ -106,6 +106,7 @@ class SweepConfig:
     repetitions: int = 1
     order: str = "sequential"  # sequential | random (shuffled with `seed`, recorded in the manifest)
     seed: int = 0
+    branch: bool = False  # wsd: one trunk per model, a cooldown branched off it for each budget (jaxscale.branch)
 
 
 @dataclass(frozen=True)
@@ -341,6 +342,9 @@ def validate(config: Config) -> None:
             f"(train.batch_size {t.batch_size} x data.seq_len {d.seq_len} = {batch_tokens})")
     if not 0 <= t.warmup_frac < 1:
         raise ConfigError(f"train.warmup_frac: must be in [0, 1), got {t.warmup_frac}")
+    if config.sweep.branch and t.schedule != "wsd":
+        raise ConfigError("sweep.branch: needs train.schedule = 'wsd' (a cosine run's learning rate depends on its "
+                          "budget from the first step, so its runs share no trunk)")
     if t.schedule == "wsd" and t.warmup_frac + t.cooldown_frac > 1:
         raise ConfigError(f"train.cooldown_frac: warmup ({t.warmup_frac}) and cooldown ({t.cooldown_frac}) "
                           "together exceed the run")

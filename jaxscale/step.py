@@ -35,11 +35,15 @@ def _ceil(x: float) -> int:
     return -(-int(round(x * 1000)) // 1000)  # ceil without float noise
 
 
-def schedule_array(train: TrainConfig, steps: int) -> jax.Array:
-    wsd = train.schedule == "wsd"
-    cooldown = max(1, _ceil(train.cooldown_frac * steps)) if wsd else 0
-    return jnp.array([train.lr, _ceil(train.warmup_frac * steps), steps, train.min_lr_ratio, float(wsd), cooldown,
-                      float(train.cooldown_shape == "1-sqrt")], jnp.float32)
+def cooldown_steps(train: TrainConfig, steps: int) -> int:
+    return max(1, _ceil(train.cooldown_frac * steps)) if train.schedule == "wsd" else 0
+
+
+def schedule_array(train: TrainConfig, steps: int, warmup_steps: int | None = None) -> jax.Array:
+    """`warmup_steps`: instead of ceil(warmup_frac * steps) (runs branched off one trunk share the trunk's)."""
+    warmup = _ceil(train.warmup_frac * steps) if warmup_steps is None else warmup_steps
+    return jnp.array([train.lr, warmup, steps, train.min_lr_ratio, float(train.schedule == "wsd"),
+                      cooldown_steps(train, steps), float(train.cooldown_shape == "1-sqrt")], jnp.float32)
 
 
 def learning_rate(step, schedule):
@@ -79,9 +83,10 @@ def clip_by_global_norm(max_norm: float) -> optax.GradientTransformation:
     return optax.stateless(clip)
 
 
-def init_state(model, train: TrainConfig, steps: int, seq_len: int, rng, mesh=None) -> TrainState:
+def init_state(model, train: TrainConfig, steps: int, seq_len: int, rng, mesh=None,
+               warmup_steps: int | None = None) -> TrainState:
     """A fresh state; with a mesh, each array is created already placed by the sharding rules."""
-    return _initializer(model, step_key(train), seq_len, mesh)(rng, schedule_array(train, steps))
+    return _initializer(model, step_key(train), seq_len, mesh)(rng, schedule_array(train, steps, warmup_steps))
 
 
 @functools.lru_cache(maxsize=None)

@@ -21,7 +21,7 @@ RESULT_COLUMNS = [
     "energy_j", "power_mean_w", "power_peak_w", "duration_s", "sample_hz", "energy_source", "energy_reason",
     "steps_energy_j", "steps_s", "compile_energy_j", "eval_energy_j", "checkpoint_energy_j", "checkpoint_s",
     "energy_segments", "energy_processes",
-    "vocab_size", "flops_per_token_matmul",
+    "vocab_size", "flops_per_token_matmul", "compute_tokens", "branched_at_step",
 ]
 STALE_CLAIM_S = 600.0  # a claim not refreshed for this long belongs to a dead worker on another host
 HEARTBEAT_S = 30.0

@@ -24,6 +24,7 @@ import jax
 import numpy as np
 
 from jaxscale import hf, runtime, sharding
+from jaxscale.branch import Branch, plan_branches
 from jaxscale.checkpoint import RunCheckpoints
 from jaxscale.config import Config, ConfigError, RunSpec, load_raw, to_dict
 from jaxscale.data.loader import Budget, eval_batches, plan_budget, train_dataset, train_iterator
@@ -32,7 +33,7 @@ from jaxscale.energy.meters import gpus_of
 from jaxscale.models import build_model, count_params, flops_per_token
 from jaxscale.precheck import Prepared, check_sweep, mesh_for, prepare_data
 from jaxscale.progress import Progress
-from jaxscale.step import abstract_state, compiled_steps, init_state, step_key
+from jaxscale.step import abstract_state, compiled_steps, init_state, schedule_array, step_key
 from jaxscale.sweep import Sweep, run_path, write_atomic
 
 
@@ -139,9 +140,9 @@ def sum_over_processes(row: dict) -> dict:
 
 
 def run_one(spec: RunSpec, data: Prepared, run_dir: Path, progress: Progress, stop: StopSignals, meter,
-            heartbeat=lambda: None) -> dict:
-    """Train one run, from its latest checkpoint if it has one; write config.json, metrics.jsonl,
-    power.csv and summary.json; return the summary."""
+            heartbeat=lambda: None, branch: Branch | None = None) -> dict:
+    """Train one run, from its latest checkpoint if it has one (or, a branch, from its trunk's); write
+    config.json, metrics.jsonl, power.csv and summary.json; return the summary."""
     wall_start = time.perf_counter()
     mesh = mesh_for(spec.config.mesh)
     config = runtime.resolve(spec.config, runtime.hardware(mesh.devices.flat), data.vocab_size)
@@ -165,13 +166,13 @@ def run_one(spec: RunSpec, data: Prepared, run_dir: Path, progress: Progress, st
                 for rows in eval_batches(data.splits["valid"], seq_len, train.batch_size, train.eval_tokens)]
     checkpoints = RunCheckpoints(run_dir / "checkpoints", config.checkpoint.keep)
     try:
-        state, book, batches = _resume_or_start(spec, model, budget, mesh, checkpoints, new_batches)
+        state, book, batches = _resume_or_start(spec, model, budget, mesh, checkpoints, new_batches, branch)
         idle_w = measure_idle(meter, config.energy.idle_s, config.energy.hz)
         power_csv = free_trace_path(run_dir) if writer else None
         sampler = Sampler(meter, config.energy.hz, power_csv, idle_w)
         sampler.start()
         run = Run(spec, data, run_dir, progress, stop, heartbeat, model, mesh, budget, batches, held_out, checkpoints,
-                  sampler, wall_start)
+                  sampler, wall_start, branch)
         try:
             summary = _train(run, state, book)
         finally:
@@ -193,9 +194,11 @@ def free_trace_path(run_dir: Path) -> Path:
     return next(p for n in itertools.count() if not (p := run_dir / (f"power.{n}.csv" if n else "power.csv")).exists())
 
 
-def _resume_or_start(spec: RunSpec, model, budget: Budget, mesh, checkpoints: RunCheckpoints, new_batches):
+def _resume_or_start(spec: RunSpec, model, budget: Budget, mesh, checkpoints: RunCheckpoints, new_batches,
+                     branch: Branch | None = None):
     """(state, book, batches): from the newest readable checkpoint, restored straight into its place on the
-    devices; else a fresh state and data iterator at step 0 (also when every checkpoint was unreadable)."""
+    devices; else, a branch, from its trunk's checkpoint at its cooldown start; else a fresh state and data
+    iterator at step 0 (also when every checkpoint was unreadable)."""
     train, seq_len = spec.config.train, spec.config.data.seq_len
     if checkpoints.manager.all_steps():
         restored = checkpoints.restore(abstract_state(model, train, seq_len, mesh), new_batches)
@@ -208,11 +211,31 @@ def _resume_or_start(spec: RunSpec, model, budget: Budget, mesh, checkpoints: Ru
             return state, book, batches
         print(f"{spec.run_id}: no checkpoint could be read (moved to {checkpoints.unreadable[0].parent}); "
               "starting again from step 0 with a fresh state and data order", file=sys.stderr)
+    if branch and not branch.is_trunk:
+        return _branch_off(spec, model, budget, mesh, new_batches, branch)
     book = {"records": [], "wall_s": 0.0, "resumed_at": [], "energy": []}
-    state = init_state(model, train, budget.steps, seq_len, jax.random.key(train.seed), mesh=mesh)
+    state = init_state(model, train, budget.steps, seq_len, jax.random.key(train.seed), mesh=mesh,
+                       warmup_steps=branch.warmup_steps if branch else None)
     if spec.config.model.init_from:  # a Hugging Face checkpoint's weights; the optimizer state stays fresh
         state = state.replace(params=hf.place(hf.load_params(spec.config.model, model.vocab_size), state.params))
     return state, book, new_batches()
+
+
+def _branch_off(spec: RunSpec, model, budget: Budget, mesh, new_batches, branch: Branch):
+    """The trunk's state, data position and records at this run's cooldown start, with this run's schedule."""
+    train, seq_len = spec.config.train, spec.config.data.seq_len
+    trunk = RunCheckpoints(branch.trunk_dir, keep=None)
+    try:
+        restored = trunk.restore(abstract_state(model, train, seq_len, mesh), new_batches, step=branch.start)
+    finally:
+        trunk.close()
+    if restored is None:
+        raise RuntimeError(f"the trunk checkpoint {branch.trunk_dir / str(branch.start)} cannot be read")
+    state, meta, batches = restored
+    schedule = schedule_array(train, budget.steps, branch.warmup_steps)
+    state = state.replace(schedule=jax.device_put(schedule, state.schedule.sharding))
+    print(f"{spec.run_id}: branching off {branch.trunk} at step {branch.start} of {budget.steps}", file=sys.stderr)
+    return state, {"records": meta["records"], "wall_s": 0.0, "resumed_at": [], "energy": []}, batches
 
 
 @dataclasses.dataclass(frozen=True)
@@ -232,6 +255,7 @@ class Run:
     checkpoints: RunCheckpoints
     sampler: Sampler
     wall_start: float
+    branch: Branch | None = None
 
 
 def _train(run: Run, state, book: dict) -> dict:
@@ -255,6 +279,16 @@ def _train(run: Run, state, book: dict) -> dict:
         with sampler.window("checkpoint") if live else contextlib.nullcontext():
             checkpoints.save(step, state, batches, meta, wait=wait)
 
+    branch = run.branch
+    trunk_points = set(branch.points) if branch and branch.is_trunk else set()
+    trunk = RunCheckpoints(branch.trunk_dir, keep=None) if trunk_points else None
+
+    def save_trunk_point(step: int) -> None:
+        """The state where a smaller budget's cooldown starts: that branch trains from here."""
+        if step not in trunk.manager.all_steps():
+            with sampler.window("checkpoint"):
+                trunk.save(step, state, batches, {"records": list(records)}, wait=True)
+
     tokens_per_step = train.batch_size * seq_len
     failure = None
 
@@ -262,7 +296,7 @@ def _train(run: Run, state, book: dict) -> dict:
         """After this step the loop needs the state or the iterator as of the step (evaluation, a checkpoint,
         a stop, the end): it waits for the step instead of queueing the next one."""
         done = step + 1
-        return (done == budget.steps or bool(stop.received)
+        return (done == budget.steps or bool(stop.received) or done in trunk_points
                 or bool(train.eval_every and done % train.eval_every == 0)
                 or bool(config.checkpoint.every and done % config.checkpoint.every == 0))
 
@@ -320,8 +354,12 @@ def _train(run: Run, state, book: dict) -> dict:
                 book["energy"].append(sum_over_processes(sampler.stop().as_row()))
                 save(step + 1, wait=True, live=False)
                 checkpoints.close()
+                if trunk:
+                    trunk.close()
                 raise Interrupted(f"{stop.received} at step {step + 1}/{budget.steps} of run {spec.run_id}; "
                                   "checkpoint saved")
+            if step + 1 in trunk_points:
+                save_trunk_point(step + 1)
             if config.checkpoint.every and (step + 1) % config.checkpoint.every == 0 and step + 1 < budget.steps:
                 save(step + 1)
             busy_since = time.perf_counter()
@@ -334,6 +372,9 @@ def _train(run: Run, state, book: dict) -> dict:
         "repetition": spec.repetition, "seed": train.seed,
         "vocab_size": data.vocab_size, "data": data.description, "status": "ok", "failed_step": None, "reason": "",
         "resumed_at_steps": book["resumed_at"],
+        # what this row's own training added: a branch only its cooldown; the trunk counted on the trunk run's row
+        "compute_tokens": (budget.steps - branch.start) * tokens_per_step if branch else budget.tokens,
+        "branched_at_step": branch.start if branch and not branch.is_trunk else None,
     }
     if failure:
         summary.update(status="failed", failed_step=failure[0], reason=failure[1])
@@ -354,6 +395,8 @@ def _train(run: Run, state, book: dict) -> dict:
     if config.checkpoint.final and not failure:
         save(budget.steps, wait=True, live=False)
     checkpoints.close(remove=not config.checkpoint.final)
+    if trunk:
+        trunk.close()
     return summary
 
 
@@ -375,30 +418,57 @@ def run_sweep(raw: dict, out: Path, worker: tuple[int, int] = (0, 1), quiet: boo
     sweep = Sweep(out, raw, runs, writer=sharding.is_writer(), claiming=jax.process_count() == 1)
     progress = Progress(len(runs), quiet=quiet)
     meters = {}
+    branches = plan_branches(runs, out)
+    by_id = {spec.run_id: spec for spec in runs}
+
+    def train(spec: RunSpec) -> None:
+        if not sweep.claim(spec.run_id):
+            return
+        try:
+            progress.begin_run(runs.index(spec) + 1, spec.run_id)
+            kind = spec.config.energy.meter
+            if kind not in meters:
+                meters[kind] = open_process_meter(kind)
+            try:
+                branch = branches.get(spec.run_id)
+                if branch and not branch.is_trunk and not (sweep.run_dir(spec.run_id) / "checkpoints").is_dir():
+                    wait_for_trunk(branch, spec)
+                summary = run_one(spec, prepare_data(spec.config, data_cache), sweep.run_dir(spec.run_id),
+                                  progress, stop, meters[kind], heartbeat=lambda: sweep.heartbeat(spec.run_id),
+                                  branch=branch)
+            except (ConfigError, Interrupted):
+                raise
+            except Exception as err:  # one run's failure (a bug, damaged files, memory) must not stop the sweep
+                summary = failed_summary(spec, err, sweep.run_dir(spec.run_id))
+                if sharding.is_writer():
+                    write_atomic(sweep.summary_path(spec.run_id), json.dumps(summary, indent=2))
+            progress.end_run(summary)
+        finally:
+            sweep.release(spec.run_id)
+            sweep.update()
+
+    def wait_for_trunk(branch: Branch, spec: RunSpec) -> None:
+        """Until the trunk checkpoint this branch starts from exists: train the trunk run here if no worker has
+        it, else wait for the worker that does (claims keep any run, trunks included, from training twice)."""
+        while not (branch.trunk_dir / str(branch.start)).is_dir():
+            state = sweep.state(branch.trunk)
+            if state in ("ok", "failed"):
+                raise RuntimeError(f"the trunk run {branch.trunk} ended ({state}) without the checkpoint at step "
+                                   f"{branch.start} that this branch starts from")
+            if state in ("pending", "interrupted"):
+                train(by_id[branch.trunk])
+            else:
+                time.sleep(2.0)
+                sweep.heartbeat(spec.run_id)
+            if stop.received:
+                raise Interrupted(f"{stop.received} while waiting for trunk {branch.trunk}")
+
+    trunks_first = lambda spec: 0 if spec.run_id not in branches or branches[spec.run_id].is_trunk else 1  # noqa: E731
     with StopSignals() as stop:
-        for spec in sweep.pending(worker):
+        for spec in sorted(sweep.pending(worker), key=trunks_first):
             if stop.received:
                 raise Interrupted(f"{stop.received} between runs")
-            if not sweep.claim(spec.run_id):
-                continue
-            try:
-                progress.begin_run(runs.index(spec) + 1, spec.run_id)
-                kind = spec.config.energy.meter
-                if kind not in meters:
-                    meters[kind] = open_process_meter(kind)
-                try:
-                    summary = run_one(spec, prepare_data(spec.config, data_cache), sweep.run_dir(spec.run_id),
-                                      progress, stop, meters[kind], heartbeat=lambda: sweep.heartbeat(spec.run_id))
-                except (ConfigError, Interrupted):
-                    raise
-                except Exception as err:  # one run's failure (a bug, damaged files, memory) must not stop the sweep
-                    summary = failed_summary(spec, err, sweep.run_dir(spec.run_id))
-                    if sharding.is_writer():
-                        write_atomic(sweep.summary_path(spec.run_id), json.dumps(summary, indent=2))
-                progress.end_run(summary)
-            finally:
-                sweep.release(spec.run_id)
-                sweep.update()
+            train(spec)
     for meter in meters.values():
         meter.close()
     summaries = sweep.update()

@@ -1,0 +1,58 @@
+"""Trunk-and-cooldown sweeps (`sweep.branch = true` with `train.schedule = "wsd"`).
+
+Runs that differ only in their token budget share one trunk: the group's largest budget trains at constant rate
+to its own cooldown and, passing each smaller budget's cooldown start, saves a trunk checkpoint there
+(`<sweep>/trunks/<largest run>/`). Each smaller budget restores its checkpoint and trains only its cooldown. Up to
+its cooldown start a branch's state is the one a separate WSD run of that budget would have: the learning rate is
+the same constant after a warmup the group shares (ceil(warmup_frac × the smallest budget's steps)), and a batch's
+place in the data order does not depend on the budget.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+from pathlib import Path
+
+from jaxscale.config import RunSpec
+from jaxscale.step import cooldown_steps
+
+
+@dataclasses.dataclass(frozen=True)
+class Branch:
+    trunk: str  # run id of the group's largest budget: its own run trains the trunk
+    start: int  # this run's cooldown start, where it leaves the trunk (the trunk run's own: it never leaves)
+    points: tuple[int, ...]  # trunk run only: the other budgets' cooldown starts, saved for them
+    warmup_steps: int
+    trunk_dir: Path
+
+    @property
+    def is_trunk(self) -> bool:
+        return self.start == 0
+
+
+def steps_of(spec: RunSpec) -> int:
+    train, seq_len = spec.config.train, spec.config.data.seq_len
+    return train.tokens // (train.batch_size * seq_len)
+
+
+def plan_branches(runs: list[RunSpec], out: Path) -> dict[str, Branch]:
+    """Each branched run's place in its group; runs alone in their group train as usual (absent here)."""
+    groups: dict = {}
+    for spec in runs:
+        if spec.config.sweep.branch:
+            key = dataclasses.replace(spec.config, train=dataclasses.replace(spec.config.train, tokens=0))
+            groups.setdefault(key, []).append(spec)
+    plans = {}
+    for members in groups.values():
+        if len({steps_of(m) for m in members}) < 2:
+            continue
+        largest = max(members, key=steps_of)
+        warmup = math.ceil(round(members[0].config.train.warmup_frac * min(map(steps_of, members)), 6))
+        start = {m.run_id: steps_of(m) - cooldown_steps(m.config.train, steps_of(m)) for m in members}
+        trunk_dir = Path(out) / "trunks" / largest.run_id
+        points = tuple(sorted({start[m.run_id] for m in members if m is not largest}))
+        for m in members:
+            own = m is largest
+            plans[m.run_id] = Branch(largest.run_id, 0 if own else start[m.run_id], points if own else (), warmup,
+                                     trunk_dir)
+    return plans

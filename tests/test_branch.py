@@ -1,0 +1,87 @@
+"""Trunk-and-cooldown sweeps: each budget's branch trains exactly what a separate WSD run of that budget trains
+(bit-identical losses, the learning rates of its own schedule), the trunk is trained once, and compute_tokens adds
+up to what the sweep really trained."""
+import csv
+import json
+import subprocess
+import sys
+
+import pytest
+
+from conftest import ROOT
+from jaxscale.branch import plan_branches
+from jaxscale.config import ConfigError, expand
+
+CONFIG = """
+[data]
+seq_len = 16
+[tokenizer]
+vocab_size = 256
+[model]
+d_model = 16
+d_mlp = 32
+n_layers = 1
+[train]
+batch_size = 8
+tokens = [1280, 2560, 5120]  # 10, 20 and 40 steps of 128 tokens
+schedule = "wsd"
+cooldown_frac = 0.25
+warmup_frac = 0.0
+eval_tokens = 256
+[energy]
+meter = "none"
+[checkpoint]
+every = 0
+"""
+
+
+def sweep(tmp_path, name, *overrides):
+    config = tmp_path / f"{name}.toml"
+    config.write_text(CONFIG)
+    out = tmp_path / name
+    proc = subprocess.run([sys.executable, "-m", "jaxscale.train", "--config", str(config), "--out", str(out), "--quiet",
+                           *overrides], cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    with open(out / "results.csv") as f:
+        return out, {row["tokens"]: row for row in csv.DictReader(f)}, proc.stderr
+
+
+def records(out, row):
+    return [json.loads(line) for line in (out / row["run_id"] / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_branches_train_what_separate_wsd_runs_train(tmp_path):
+    separate_out, separate, _ = sweep(tmp_path, "separate")
+    branched_out, branched, log = sweep(tmp_path, "branched", "sweep.branch=true")
+    assert set(branched) == set(separate) == {"1280", "2560", "5120"}
+    for tokens in separate:
+        ours, theirs = records(branched_out, branched[tokens]), records(separate_out, separate[tokens])
+        assert [r["loss"] for r in ours] == [r["loss"] for r in theirs]  # bit-identical, step by step
+        assert [r["lr"] for r in ours] == [r["lr"] for r in theirs]
+        assert branched[tokens]["eval_loss"] == separate[tokens]["eval_loss"]
+    # the largest budget trained the trunk: branches start at their cooldown (10 - 3 = 7, 20 - 5 = 15 steps)
+    assert "branching off 002-tokens5120 at step 7 of 10" in log and "at step 15 of 20" in log
+    compute = {t: int(row["compute_tokens"]) for t, row in branched.items()}
+    assert compute == {"1280": 3 * 128, "2560": 5 * 128, "5120": 5120}
+    assert sum(compute.values()) == 5120 + 8 * 128 < sum(map(int, separate))  # 6,144 against 8,960 trained
+    assert {int(row["compute_tokens"]) for row in separate.values()} == {1280, 2560, 5120}
+    assert sorted(p.name for p in (branched_out / "trunks" / "002-tokens5120").iterdir() if p.name.isdigit()) == \
+        ["15", "7"]
+
+
+def test_a_rerun_trains_nothing_again(tmp_path):
+    out, first, _ = sweep(tmp_path, "again", "sweep.branch=true")
+    before = {p: p.stat().st_mtime_ns for p in out.glob("*/metrics.jsonl")}
+    _, second, log = sweep(tmp_path, "again", "sweep.branch=true")
+    assert {p: p.stat().st_mtime_ns for p in out.glob("*/metrics.jsonl")} == before and "branching" not in log
+
+
+def test_branch_plan_and_its_rules():
+    raw = {"name": "x", "data": {"seq_len": 16}, "train": {"tokens": [1280, 5120], "batch_size": 8, "schedule": "wsd",
+           "warmup_frac": 0.1, "cooldown_frac": 0.2}, "sweep": {"branch": True}}  # fmt: skip
+    plans = plan_branches(expand(raw), ROOT)
+    small, large = (plans[r.run_id] for r in expand(raw))
+    assert large.is_trunk and large.points == (8,) and small.start == 8  # 10 steps, cooldown ceil(2.0) = 2
+    assert small.warmup_steps == large.warmup_steps == 1  # ceil(0.1 x the smallest run's 10 steps)
+    with pytest.raises(ConfigError, match="sweep.branch: needs train.schedule = 'wsd'"):
+        expand({**raw, "train": {**raw["train"], "schedule": "cosine"}})
