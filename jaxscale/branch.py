@@ -15,6 +15,7 @@ from pathlib import Path
 
 from jaxscale.config import RunSpec
 from jaxscale.step import cooldown_steps
+from jaxscale.sweep import run_path
 
 
 @dataclasses.dataclass(frozen=True)
@@ -49,7 +50,7 @@ def plan_branches(runs: list[RunSpec], out: Path) -> dict[str, Branch]:
         largest = max(members, key=steps_of)
         warmup = math.ceil(round(members[0].config.train.warmup_frac * min(map(steps_of, members)), 6))
         start = {m.run_id: steps_of(m) - cooldown_steps(m.config.train, steps_of(m)) for m in members}
-        trunk_dir = Path(out) / "trunks" / largest.run_id
+        trunk_dir = run_path(Path(out) / "trunks", largest.run_id)
         points = tuple(sorted({start[m.run_id] for m in members if m is not largest}))
         for m in members:
             own = m is largest
