@@ -30,6 +30,7 @@ from jaxscale.config import Config, ConfigError, RunSpec, load_raw, to_dict
 from jaxscale.data.loader import Budget, eval_batches, plan_budget, train_dataset, train_iterator
 from jaxscale.energy import Sampler, measure_idle, open_meter
 from jaxscale.energy.meters import gpus_of
+from jaxscale.events import open_events
 from jaxscale.models import build_model, count_params, flops_per_token
 from jaxscale.precheck import Prepared, check_sweep, mesh_for, prepare_data
 from jaxscale.progress import Progress
@@ -318,6 +319,7 @@ def _train(run: Run, state, book: dict) -> dict:
         run.heartbeat()
         return done_at
 
+    events = open_events(run.run_dir, len(records)) if sharding.is_writer() else None
     with open(run.run_dir / "metrics.jsonl" if sharding.is_writer() else os.devnull, "w") as log:
         log.writelines(json.dumps(r) + "\n" for r in records)
         # One step in flight: step n+1 is dispatched and its batch placed before step n's metrics are awaited,
@@ -347,6 +349,8 @@ def _train(run: Run, state, book: dict) -> dict:
                 with sampler.window("eval"):
                     records[-1]["eval_loss"] = evaluate(eval_step, state.params, held_out)
             log.write(json.dumps(records[-1]) + "\n")
+            if events:
+                events.write(records)
             if failure:
                 break
             if stop.received:
@@ -354,6 +358,8 @@ def _train(run: Run, state, book: dict) -> dict:
                 book["energy"].append(sum_over_processes(sampler.stop().as_row()))
                 save(step + 1, wait=True, live=False)
                 checkpoints.close()
+                if events:
+                    events.close()
                 if trunk:
                     trunk.close()
                 raise Interrupted(f"{stop.received} at step {step + 1}/{budget.steps} of run {spec.run_id}; "
@@ -382,6 +388,8 @@ def _train(run: Run, state, book: dict) -> dict:
         with sampler.window("eval"):
             summary["eval_loss"] = evaluate(eval_step, state.params, held_out)
         summary["eval_ppl"] = math.exp(min(summary["eval_loss"], 700))
+        if events:
+            events.scalar("eval/loss", summary["eval_loss"], budget.steps)
     # every segment's windows (steps, compile, eval, checkpoint): energy and duration, summed
     summary.update(combine_energy(book["energy"] + [sum_over_processes(sampler.stop().as_row())]))
     step_times = [r["step_s"] for r in records]
@@ -397,6 +405,8 @@ def _train(run: Run, state, book: dict) -> dict:
     checkpoints.close(remove=not config.checkpoint.final)
     if trunk:
         trunk.close()
+    if events:
+        events.close()
     return summary
 
 
