@@ -25,7 +25,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxscale.energy import NoMeter, Sampler, open_meter
-from jaxscale.energy.scripted_nvml import ScriptedGPU, ScriptedNVML, sine
+from jaxscale.testing.scripted_nvml import ScriptedGPU, ScriptedNVML, sine
 
 
 @jax.jit

@@ -1,5 +1,5 @@
 """`python tests/scripted_gpus_train.py ARGS...`: jaxscale.train with GPUs scripted at the lowest layers — the
-pynvml module (jaxscale.energy.scripted_nvml) and the CUDA driver's answer to "which PCI bus id is ordinal i" —
+pynvml module (jaxscale.testing.scripted_nvml) and the CUDA driver's answer to "which PCI bus id is ordinal i" —
 for a process whose JAX devices are CPU devices standing in for its CUDA ordinals 0..n-1.
 
 $SCRIPTED_GPUS is a JSON list of {"watts": W, "speed": S} in PCI order; CUDA_VISIBLE_DEVICES and
@@ -13,7 +13,7 @@ import jax
 
 from jaxscale import train
 from jaxscale.energy import meters
-from jaxscale.energy.scripted_nvml import ScriptedGPU, ScriptedNVML, constant
+from jaxscale.testing.scripted_nvml import ScriptedGPU, ScriptedNVML, constant
 
 nvml = ScriptedNVML([ScriptedGPU(constant(g["watts"]), speed=g["speed"]) for g in json.loads(os.environ["SCRIPTED_GPUS"])])
 sys.modules["pynvml"] = nvml

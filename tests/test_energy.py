@@ -1,6 +1,6 @@
 """Energy meters and the step-synchronised sampler.
 
-The NVML tests install a scripted stand-in at the pynvml boundary (jaxscale.energy.scripted_nvml):
+The NVML tests install a scripted stand-in at the pynvml boundary (jaxscale.testing.scripted_nvml):
 everything above it — probing, the meter, the sampler thread, integration, summaries — is the real code.
 """
 import csv
@@ -12,7 +12,7 @@ import time
 import pytest
 
 from jaxscale.energy import CSV_COLUMNS, Sampler, measure_idle, open_meter
-from jaxscale.energy.scripted_nvml import ScriptedGPU, ScriptedNVML, constant, ramp, sine, step
+from jaxscale.testing.scripted_nvml import ScriptedGPU, ScriptedNVML, constant, ramp, sine, step
 
 
 def main_thread_log(nvml, call):

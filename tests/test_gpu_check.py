@@ -14,7 +14,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 import gpu_check  # noqa: E402
-from jaxscale.energy.scripted_nvml import ScriptedGPU, ScriptedNVML, constant  # noqa: E402
+from jaxscale.testing.scripted_nvml import ScriptedGPU, ScriptedNVML, constant  # noqa: E402
 
 HAS_TORCH = importlib.util.find_spec("torch") is not None
 MISSING_ON_GPU_MACHINES = ("grain", "orbax", "tokenizers", "sentencepiece", "datasets")
