@@ -77,10 +77,11 @@ def main(argv=None) -> int:
         "runs": len(shared), "tokens_trained": trained, "tokens_saved": 1 - trained["wsd"] / trained["cosine"],
         "wall_s": walls, "loss_diff_mean": float(diffs.mean()), "loss_diff_abs_max": float(np.abs(diffs).max()),
         "loss_diff_sd": float(diffs.std(ddof=1)),
-        "exponents": {name: {"a": f[0][0], "b": f[0][1], "a_ci": f[1][0], "b_ci": f[1][1], "resamples": f[2]}
+        "exponents": {name: {"a": float(f[0][0]), "b": float(f[0][1]), "a_ci": [float(x) for x in f[1][0]],
+                             "b_ci": [float(x) for x in f[1][1]], "resamples": f[2]}
                       for name, f in fits.items()},
     }
-    inside = {k: fits["cosine"][1][i][0] <= fits["wsd"][0][i] <= fits["cosine"][1][i][1] for i, k in enumerate("ab")}
+    inside = {k: bool(fits["cosine"][1][i][0] <= fits["wsd"][0][i] <= fits["cosine"][1][i][1]) for i, k in enumerate("ab")}
     result["wsd_inside_cosine_intervals"] = inside
     if args.out:
         args.out.write_text(report(result, shared, tables, diffs))
