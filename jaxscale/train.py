@@ -34,6 +34,7 @@ from jaxscale.events import open_events
 from jaxscale.models import build_model, count_params, flops_per_token
 from jaxscale.precheck import Prepared, check_sweep, mesh_for, prepare_data
 from jaxscale.progress import Progress
+from jaxscale.runbook import RunBook
 from jaxscale.step import abstract_state, compiled_steps, init_state, schedule_array, step_key
 from jaxscale.sweep import Sweep, run_path, write_atomic
 
@@ -204,17 +205,15 @@ def _resume_or_start(spec: RunSpec, model, budget: Budget, mesh, checkpoints: Ru
     if checkpoints.manager.all_steps():
         restored = checkpoints.restore(abstract_state(model, train, seq_len, mesh), new_batches)
         if restored is not None:
-            state, book, batches = restored
-            if live := book.pop("energy_live", None):  # the killed segment, up to this checkpoint
-                book["energy"].append(live)
-            book["resumed_at"].append(len(book["records"]))
-            print(f"{spec.run_id}: resuming at step {len(book['records'])} of {budget.steps}", file=sys.stderr)
+            state, meta, batches = restored
+            book = RunBook.from_json(meta).resume()
+            print(f"{spec.run_id}: resuming at step {len(book.records)} of {budget.steps}", file=sys.stderr)
             return state, book, batches
         print(f"{spec.run_id}: no checkpoint could be read (moved to {checkpoints.unreadable[0].parent}); "
               "starting again from step 0 with a fresh state and data order", file=sys.stderr)
     if branch and not branch.is_trunk:
         return _branch_off(spec, model, budget, mesh, new_batches, branch)
-    book = {"records": [], "wall_s": 0.0, "resumed_at": [], "energy": []}
+    book = RunBook()
     state = init_state(model, train, budget.steps, seq_len, jax.random.key(train.seed), mesh=mesh,
                        warmup_steps=branch.warmup_steps if branch else None)
     if spec.config.model.init_from:  # a Hugging Face checkpoint's weights; the optimizer state stays fresh
@@ -236,7 +235,7 @@ def _branch_off(spec: RunSpec, model, budget: Budget, mesh, new_batches, branch:
     schedule = schedule_array(train, budget.steps, branch.warmup_steps)
     state = state.replace(schedule=jax.device_put(schedule, state.schedule.sharding))
     print(f"{spec.run_id}: branching off {branch.trunk} at step {branch.start} of {budget.steps}", file=sys.stderr)
-    return state, {"records": meta["records"], "wall_s": 0.0, "resumed_at": [], "energy": []}, batches
+    return state, RunBook(records=meta["records"]), batches
 
 
 @dataclasses.dataclass(frozen=True)
@@ -259,12 +258,12 @@ class Run:
     branch: Branch | None = None
 
 
-def _train(run: Run, state, book: dict) -> dict:
+def _train(run: Run, state, book: RunBook) -> dict:
     spec, data, stop, mesh, budget, batches = run.spec, run.data, run.stop, run.mesh, run.budget, run.batches
     held_out, checkpoints, sampler, wall_start = run.held_out, run.checkpoints, run.sampler, run.wall_start
     config = spec.config
     cfg, train, seq_len = config.model, config.train, config.data.seq_len
-    records = book["records"]
+    records = book.records
     with sampler.window("compile"):
         local_rows = np.zeros((train.batch_size // sharding.data_shard(mesh)[1], seq_len + 1), np.int32)
         train_step, eval_step = compiled_for(
@@ -273,10 +272,9 @@ def _train(run: Run, state, book: dict) -> dict:
     def save(step: int, wait: bool = False, live: bool = True) -> None:
         """A checkpoint at a step boundary; `live`: with this segment's energy so far, which a run killed before
         its next checkpoint keeps (its steps after this one are trained again, their energy is not counted)."""
-        book["wall_s_at_save"] = book["wall_s"] + time.perf_counter() - wall_start
-        meta = {**book, "wall_s": book["wall_s_at_save"]}
-        if live:
-            meta["energy_live"] = sum_over_processes(sampler.snapshot().as_row())
+        live_energy = sum_over_processes(sampler.snapshot().as_row()) if live else None
+        meta = dataclasses.replace(book, wall_s=book.wall_s + time.perf_counter() - wall_start,
+                                   energy_live=live_energy).to_json()
         with sampler.window("checkpoint") if live else contextlib.nullcontext():
             checkpoints.save(step, state, batches, meta, wait=wait)
 
@@ -355,7 +353,7 @@ def _train(run: Run, state, book: dict) -> dict:
                 break
             if stop.received:
                 log.flush()
-                book["energy"].append(sum_over_processes(sampler.stop().as_row()))
+                book.energy.append(sum_over_processes(sampler.stop().as_row()))
                 save(step + 1, wait=True, live=False)
                 checkpoints.close()
                 if events:
@@ -377,7 +375,7 @@ def _train(run: Run, state, book: dict) -> dict:
         "tokens": budget.tokens, "token_budget": train.tokens, "steps": budget.steps, "epochs": round(budget.epochs, 4),
         "repetition": spec.repetition, "seed": train.seed,
         "vocab_size": data.vocab_size, "data": data.description, "status": "ok", "failed_step": None, "reason": "",
-        "resumed_at_steps": book["resumed_at"],
+        "resumed_at_steps": book.resumed_at,
         # what this row's own training added: a branch only its cooldown; the trunk counted on the trunk run's row
         "compute_tokens": (budget.steps - branch.start) * tokens_per_step if branch else budget.tokens,
         "branched_at_step": branch.start if branch and not branch.is_trunk else None,
@@ -391,14 +389,14 @@ def _train(run: Run, state, book: dict) -> dict:
         if events:
             events.scalar("eval/loss", summary["eval_loss"], budget.steps)
     # every segment's windows (steps, compile, eval, checkpoint): energy and duration, summed
-    summary.update(combine_energy(book["energy"] + [sum_over_processes(sampler.stop().as_row())]))
+    summary.update(combine_energy(book.energy + [sum_over_processes(sampler.stop().as_row())]))
     step_times = [r["step_s"] for r in records]
     losses = [r["loss"] for r in records]
     summary.update(
         train_loss=float(np.mean(losses[-max(1, len(losses) // 10):])), final_loss=losses[-1],
         step_s_median=float(np.median(step_times)),
         tokens_per_s=round(tokens_per_step * len(step_times) / sum(step_times), 1),
-        wall_s=round(book["wall_s"] + time.perf_counter() - wall_start, 3),
+        wall_s=round(book.wall_s + time.perf_counter() - wall_start, 3),
     )
     if config.checkpoint.final and not failure:
         save(budget.steps, wait=True, live=False)
