@@ -356,7 +356,7 @@ def measured_phase(runs: Runs, include_eval: bool) -> tuple[np.ndarray, np.ndarr
 
 
 def _metrics(runs: Runs, vocab_size, include_eval: bool = False) -> dict[str, np.ndarray]:
-    v, loss = runs.values, runs.loss
+    loss = runs.loss
     joules, duration, _ = measured_phase(runs, include_eval)
     return {
         "energy (kJ)": np.where(joules > 0, joules / 1e3, np.nan),

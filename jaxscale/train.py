@@ -259,10 +259,11 @@ class Run:
 
 
 def _train(run: Run, state, book: RunBook) -> dict:
-    spec, data, stop, mesh, budget, batches = run.spec, run.data, run.stop, run.mesh, run.budget, run.batches
+    """The step loop: from the book's step to the budget's, checkpointing, evaluating and stopping on the way."""
+    spec, stop, mesh, budget, batches = run.spec, run.stop, run.mesh, run.budget, run.batches
     held_out, checkpoints, sampler, wall_start = run.held_out, run.checkpoints, run.sampler, run.wall_start
     config = spec.config
-    cfg, train, seq_len = config.model, config.train, config.data.seq_len
+    train, seq_len = config.train, config.data.seq_len
     records = book.records
     with sampler.window("compile"):
         local_rows = np.zeros((train.batch_size // sharding.data_shard(mesh)[1], seq_len + 1), np.int32)
@@ -370,6 +371,24 @@ def _train(run: Run, state, book: RunBook) -> dict:
             if step + 1 < budget.steps:
                 batch = next(batches)
 
+    summary = _summarise(run, book, state, eval_step, failure, events)
+    if config.checkpoint.final and not failure:
+        save(budget.steps, wait=True, live=False)
+    checkpoints.close(remove=not config.checkpoint.final)
+    if trunk:
+        trunk.close()
+    if events:
+        events.close()
+    return summary
+
+
+def _summarise(run: Run, book: RunBook, state, eval_step, failure, events) -> dict:
+    """summary.json: what the run trained, its losses (with a last held-out evaluation unless it failed), and its
+    time and energy over every segment. Stops the sampler."""
+    spec, data, budget, sampler, branch = run.spec, run.data, run.budget, run.sampler, run.branch
+    held_out, wall_start = run.held_out, run.wall_start
+    cfg, train = spec.config.model, spec.config.train
+    tokens_per_step, records = train.batch_size * spec.config.data.seq_len, book.records
     summary = {
         "run_id": spec.run_id, "model": cfg.label, "d_model": cfg.d_model, "d_mlp": cfg.d_mlp, "n_layers": cfg.n_layers,
         "tokens": budget.tokens, "token_budget": train.tokens, "steps": budget.steps, "epochs": round(budget.epochs, 4),
@@ -398,13 +417,6 @@ def _train(run: Run, state, book: RunBook) -> dict:
         tokens_per_s=round(tokens_per_step * len(step_times) / sum(step_times), 1),
         wall_s=round(book.wall_s + time.perf_counter() - wall_start, 3),
     )
-    if config.checkpoint.final and not failure:
-        save(budget.steps, wait=True, live=False)
-    checkpoints.close(remove=not config.checkpoint.final)
-    if trunk:
-        trunk.close()
-    if events:
-        events.close()
     return summary
 
 
