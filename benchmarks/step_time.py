@@ -21,7 +21,7 @@ JAX and in PyTorch, measured in the same process, before and after the steps. On
 bfloat16 peak NVIDIA publishes (jaxscale.laws.inference.GPU_PEAK_FLOPS), bfloat16 MFU is taken against that figure
 instead, and PyTorch runs on the GPU too (a CUDA build of torch; with a CPU build its rows are
 "unavailable"), under torch.autocast when the dtype is bfloat16. On GPUs, bfloat16 attention runs
-cuDNN's fused kernel where it can (model.attention = auto; jaxscale.models.common.choose_attention).
+cuDNN's fused kernel where it can (model.attention = auto; jaxscale.models.attention.choose_attention).
 
 FLOPs per step = jaxscale.models.flops_per_token x batch x seq_len: every matmul of the forward
 and backward pass (3 x forward) — q, k, v, output and MLP projections, attention's QK^T and AV

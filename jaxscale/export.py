@@ -23,7 +23,7 @@ from safetensors.numpy import save_file
 
 from jaxscale import hf
 from jaxscale.config import SECTIONS, Config, ConfigError
-from jaxscale.models.common import abstract_params
+from jaxscale.models import abstract_params
 
 BOS = ("<s>", "<|begin_of_text|>", "<|endoftext|>")
 EOS = ("</s>", "<|end_of_text|>", "<|endoftext|>")

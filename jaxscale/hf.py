@@ -19,7 +19,8 @@ import numpy as np
 from safetensors import safe_open
 
 from jaxscale.config import Config, ConfigError, ModelConfig
-from jaxscale.models.common import SCANNED, abstract_params, heads
+from jaxscale.models import abstract_params
+from jaxscale.models.common import SCANNED, heads
 
 INDEX = "model.safetensors.index.json"
 _EMBEDS = {"tok_embed": "model.embed_tokens.weight", "lm_head": "lm_head.weight", "norm/scale": "model.norm.weight"}

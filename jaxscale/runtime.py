@@ -17,7 +17,8 @@ from pathlib import Path
 from jaxscale import hostmem, xla_cpu
 from jaxscale.config import Config, ConfigError
 from jaxscale.loss import choose_loss
-from jaxscale.models.common import choose_attention, heads
+from jaxscale.models.attention import choose_attention
+from jaxscale.models.common import heads
 
 GPU_PLATFORMS = ("gpu", "cuda", "rocm")
 

@@ -12,7 +12,7 @@ from conftest import LLAMA_TOKENIZER, ROOT, needs_shared
 
 from jaxscale.config import ModelConfig, expand, load_raw
 from jaxscale.models import build_model, count_params
-from jaxscale.models.common import abstract_params
+from jaxscale.models import abstract_params
 from jaxscale.models.llama import rope, stack_blocks
 
 TINYLLAMA = ModelConfig(arch="llama", n_layers=22, d_model=2048, n_heads=32, n_kv_heads=4, d_mlp=5632,

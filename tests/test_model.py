@@ -60,7 +60,7 @@ def test_cudnn_attention_off_gpu_is_a_clear_config_error(tmp_path, capsys):
 
 
 def test_auto_attention_is_cudnn_only_where_cudnns_fused_kernel_runs():
-    from jaxscale.models.common import choose_attention
+    from jaxscale.models.attention import choose_attention
     # cuDNN's fused attention: compute capability >= 8.0, fp16/bf16, head_dim a multiple of 8 up to 128
     assert choose_attention("auto", "gpu", "9.0", "bfloat16", 64) == "cudnn"
     assert choose_attention("auto", "gpu", "8.0", "bfloat16", 128) == "cudnn"

@@ -63,7 +63,7 @@ def test_hardware_reads_the_devices():
 
 
 def test_unresolved_auto_traces_the_portable_path():
-    from jaxscale.models.common import attention_impl
+    from jaxscale.models.attention import attention_impl
     assert attention_impl(ModelConfig(attention="auto")) == "xla"
     assert attention_impl(ModelConfig(attention="cudnn")) == "cudnn"
 

@@ -13,7 +13,7 @@ import pytest
 
 from jaxscale.config import ConfigError, ModelConfig, TrainConfig, expand
 from jaxscale.models import build_model
-from jaxscale.models.common import abstract_params
+from jaxscale.models import abstract_params
 from jaxscale.models.llama import stack_blocks, unstack_blocks
 from jaxscale.sharding import abstract_boxed_params
 from jaxscale.step import loss_fn, optimizer

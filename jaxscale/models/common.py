@@ -1,46 +1,15 @@
-"""What every model shares: construction from a config, parameter counts and FLOPs per token."""
+"""What the models share: parameter names, remat policies, head counts and FLOPs per token."""
 from __future__ import annotations
-
-import math
 
 import flax.linen as nn
 import jax
-import jax.numpy as jnp
 
 from jaxscale.config import ModelConfig, default_heads
-
-
-def build_model(cfg: ModelConfig, vocab_size: int, seq_len: int):
-    if cfg.arch == "tiny":
-        from jaxscale.models.tiny import TinyTransformer
-        return TinyTransformer(cfg, vocab_size, seq_len)
-    if cfg.arch == "llama":
-        from jaxscale.models.llama import Llama
-        return Llama(cfg, vocab_size, seq_len)
-    raise ValueError(f"model.arch: {cfg.arch!r} is not one of tiny, llama")
-
-
-def abstract_params(cfg: ModelConfig, vocab_size: int, seq_len: int):
-    """Parameter shapes without allocating them (works for billion-parameter models on a laptop);
-    plain ShapeDtypeStructs, without the logical-axis boxes that the Llama's init returns."""
-    model = build_model(cfg, vocab_size, seq_len)
-    tokens = jax.ShapeDtypeStruct((1, min(seq_len, 8)), jnp.int32)
-    return nn.unbox(jax.eval_shape(lambda t: model.init(jax.random.key(0), t), tokens)["params"])
-
-
-def count_params(cfg: ModelConfig, vocab_size: int, seq_len: int) -> tuple[int, int]:
-    """(all parameters, parameters without embeddings): token and position embeddings and an
-    untied output layer are embeddings; a tied output layer is counted once."""
-    params = abstract_params(cfg, vocab_size, seq_len)
-    total = sum(math.prod(x.shape) for x in jax.tree.leaves(params))
-    embed = sum(math.prod(x.shape) for name in EMBEDDING_PARAMS if name in params
-                for x in jax.tree.leaves(params[name]))
-    return total, total - embed
-
 
 EMBEDDING_PARAMS = ("tok_embed", "pos_embed", "lm_head")
 SCANNED = "blocks"  # the scanned Llama's stacked blocks: every parameter under it has a leading layer axis
 MLP_HIDDEN = "mlp_hidden"  # checkpoint_name of the MLP's first projections, kept by remat "mlp"
+
 
 def _dots_and_fused_attention(prim, *args, **params) -> bool:
     """Matmuls without batch dimensions (the projections q, k, v, o, gate, up) and the fused (cuDNN)
@@ -77,26 +46,6 @@ def stacked_axes(path) -> int:
 
 def heads(cfg: ModelConfig) -> int:
     return cfg.n_heads or default_heads(cfg)
-
-
-def attention_impl(cfg: ModelConfig) -> str:
-    """jax.nn.dot_product_attention's `implementation`: the config's, resolved for the devices by
-    jaxscale.runtime.resolve; "auto" left unresolved is XLA's, which runs everywhere."""
-    return "xla" if cfg.attention == "auto" else cfg.attention
-
-
-def choose_attention(attention: str, platform: str, compute_capability: str, dtype: str, head_dim: int) -> str:
-    """"auto": cuDNN's fused attention where it runs — an NVIDIA GPU of compute capability 8.0 or later,
-    bfloat16, head_dim a multiple of 8 up to 128 — and XLA's elsewhere (JAX's own default, implementation=None,
-    is always XLA's). "cudnn" off a GPU is a config error; on one, cuDNN itself rejects what it cannot run."""
-    gpu = platform in ("gpu", "cuda")
-    if attention == "cudnn" and not gpu:
-        raise ValueError(f"model.attention = 'cudnn' needs an NVIDIA GPU with cuDNN; this process runs on "
-                         f"{platform!r}: use 'auto' or 'xla'")
-    if attention != "auto":
-        return attention
-    fits = gpu and dtype == "bfloat16" and head_dim % 8 == 0 and head_dim <= 128
-    return "cudnn" if fits and float(compute_capability or 0) >= 8.0 else "xla"
 
 
 def flops_per_token(cfg: ModelConfig, vocab_size: int, seq_len: int) -> int:

@@ -14,7 +14,8 @@ import jax.numpy as jnp
 from jax.ad_checkpoint import checkpoint_name
 
 from jaxscale.config import ModelConfig
-from jaxscale.models.common import MLP_HIDDEN, SCANNED, attention_impl, heads, remat
+from jaxscale.models.attention import attention_impl
+from jaxscale.models.common import MLP_HIDDEN, SCANNED, heads, remat
 from jaxscale.sharding import constrain
 
 INIT_STD = 0.02  # Llama's initializer_range

@@ -8,7 +8,8 @@ import jax.numpy as jnp
 from jax.ad_checkpoint import checkpoint_name
 
 from jaxscale.config import ModelConfig
-from jaxscale.models.common import MLP_HIDDEN, attention_impl, heads, remat
+from jaxscale.models.attention import attention_impl
+from jaxscale.models.common import MLP_HIDDEN, heads, remat
 
 INIT = nn.initializers.normal(stddev=0.02)
 
