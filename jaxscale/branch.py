@@ -4,17 +4,16 @@ Runs that differ only in their token budget share one trunk: the group's largest
 to its own cooldown and, passing each smaller budget's cooldown start, saves a trunk checkpoint there
 (`<sweep>/trunks/<largest run>/`). Each smaller budget restores its checkpoint and trains only its cooldown. Up to
 its cooldown start a branch's state is the one a separate WSD run of that budget would have: the learning rate is
-the same constant after a warmup the group shares (ceil(warmup_frac × the smallest budget's steps)), and a batch's
-place in the data order does not depend on the budget.
+the same constant after a warmup the group shares (`train.warmup_steps` when set, the same as each run's own;
+else ceil(warmup_frac × the smallest budget's steps)), and a batch's place in the data order does not depend on
+the budget.
 """
 from __future__ import annotations
 
 import dataclasses
-import math
 from pathlib import Path
 
-from jaxscale.config import RunSpec
-from jaxscale.step import cooldown_steps
+from jaxscale.config import RunSpec, cooldown_steps, warmup_steps
 from jaxscale.sweep import run_path
 
 
@@ -48,7 +47,7 @@ def plan_branches(runs: list[RunSpec], out: Path) -> dict[str, Branch]:
         if len({steps_of(m) for m in members}) < 2:
             continue
         largest = max(members, key=steps_of)
-        warmup = math.ceil(round(members[0].config.train.warmup_frac * min(map(steps_of, members)), 6))
+        warmup = warmup_steps(members[0].config.train, min(map(steps_of, members)))
         start = {m.run_id: steps_of(m) - cooldown_steps(m.config.train, steps_of(m)) for m in members}
         trunk_dir = run_path(Path(out) / "trunks", largest.run_id)
         points = tuple(sorted({start[m.run_id] for m in members if m is not largest}))

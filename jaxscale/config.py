@@ -87,6 +87,7 @@ class TrainConfig:
     lr: float = 1e-3
     min_lr_ratio: float = 0.1  # the schedule ends at lr * min_lr_ratio
     warmup_frac: float = 0.1  # warmup steps = ceil(warmup_frac * steps)
+    warmup_steps: int = -1  # >= 0: this many warmup steps at every budget, in place of warmup_frac
     schedule: str = "cosine"  # cosine | wsd (warmup, constant lr, then a cooldown over the last steps)
     cooldown_frac: float = 0.2  # wsd: cooldown steps = ceil(cooldown_frac * steps)
     cooldown_shape: str = "1-sqrt"  # wsd: linear | 1-sqrt (lr falls as 1 - sqrt of the cooldown's progress)
@@ -326,7 +327,20 @@ RANGES = {
     "checkpoint.keep": Range(0, 10_000, low_open=True), "mesh.data": Range(-1, 2**20),
     "mesh.fsdp": Range(-1, 2**20), "mesh.tensor": Range(-1, 2**20),
     "data.max_epochs": Range(0, 1e6), "train.cooldown_frac": Range(0, 1, low_open=True),
+    "train.warmup_steps": Range(-1, 2**40),
 }
+
+
+def _ceil(x: float) -> int:
+    return -(-int(round(x * 1000)) // 1000)  # ceil without float noise
+
+
+def warmup_steps(train: TrainConfig, steps: int) -> int:
+    return train.warmup_steps if train.warmup_steps >= 0 else _ceil(train.warmup_frac * steps)
+
+
+def cooldown_steps(train: TrainConfig, steps: int) -> int:
+    return max(1, _ceil(train.cooldown_frac * steps)) if train.schedule == "wsd" else 0
 
 
 def validate(config: Config) -> None:
@@ -345,9 +359,15 @@ def validate(config: Config) -> None:
     if config.sweep.branch and t.schedule != "wsd":
         raise ConfigError("sweep.branch: needs train.schedule = 'wsd' (a cosine run's learning rate depends on its "
                           "budget from the first step, so its runs share no trunk)")
-    if t.schedule == "wsd" and t.warmup_frac + t.cooldown_frac > 1:
+    if t.schedule == "wsd" and t.warmup_steps < 0 and t.warmup_frac + t.cooldown_frac > 1:
         raise ConfigError(f"train.cooldown_frac: warmup ({t.warmup_frac}) and cooldown ({t.cooldown_frac}) "
                           "together exceed the run")
+    steps = t.tokens // batch_tokens
+    if t.warmup_steps >= 0 and t.warmup_steps + max(cooldown_steps(t, steps), 1) > steps:
+        after = f"the cooldown's {cooldown_steps(t, steps)}" if t.schedule == "wsd" else "a decay"
+        raise ConfigError(f"train.warmup_steps: {t.warmup_steps} warmup steps leave no room for {after} in a run "
+                          f"of {steps} steps (train.tokens {t.tokens}); allowed: at most "
+                          f"{steps - max(cooldown_steps(t, steps), 1)}")
     n_heads = m.n_heads or default_heads(m)
     if m.d_model % n_heads:
         raise ConfigError(f"model.n_heads: {n_heads} does not divide model.d_model {m.d_model}")

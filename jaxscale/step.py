@@ -15,7 +15,7 @@ import jax.numpy as jnp
 import optax
 
 from jaxscale import sharding
-from jaxscale.config import TrainConfig
+from jaxscale.config import TrainConfig, cooldown_steps, warmup_steps
 from jaxscale.loss import cross_entropy
 from jaxscale.models.common import stacked_axes
 
@@ -31,17 +31,9 @@ class TrainState:
 SCHEDULE_FIELDS = ("peak_lr", "warmup_steps", "total_steps", "min_lr_ratio", "wsd", "cooldown_steps", "one_minus_sqrt")
 
 
-def _ceil(x: float) -> int:
-    return -(-int(round(x * 1000)) // 1000)  # ceil without float noise
-
-
-def cooldown_steps(train: TrainConfig, steps: int) -> int:
-    return max(1, _ceil(train.cooldown_frac * steps)) if train.schedule == "wsd" else 0
-
-
-def schedule_array(train: TrainConfig, steps: int, warmup_steps: int | None = None) -> jax.Array:
-    """`warmup_steps`: instead of ceil(warmup_frac * steps) (runs branched off one trunk share the trunk's)."""
-    warmup = _ceil(train.warmup_frac * steps) if warmup_steps is None else warmup_steps
+def schedule_array(train: TrainConfig, steps: int, warmup: int | None = None) -> jax.Array:
+    """`warmup`: steps, in place of the config's (runs branched off one trunk share the trunk's)."""
+    warmup = warmup_steps(train, steps) if warmup is None else warmup
     return jnp.array([train.lr, warmup, steps, train.min_lr_ratio, float(train.schedule == "wsd"),
                       cooldown_steps(train, steps), float(train.cooldown_shape == "1-sqrt")], jnp.float32)
 
@@ -84,9 +76,9 @@ def clip_by_global_norm(max_norm: float) -> optax.GradientTransformation:
 
 
 def init_state(model, train: TrainConfig, steps: int, seq_len: int, rng, mesh=None,
-               warmup_steps: int | None = None) -> TrainState:
+               warmup: int | None = None) -> TrainState:
     """A fresh state; with a mesh, each array is created already placed by the sharding rules."""
-    return _initializer(model, step_key(train), seq_len, mesh)(rng, schedule_array(train, steps, warmup_steps))
+    return _initializer(model, step_key(train), seq_len, mesh)(rng, schedule_array(train, steps, warmup))
 
 
 @functools.lru_cache(maxsize=None)

@@ -215,7 +215,7 @@ def _resume_or_start(spec: RunSpec, model, budget: Budget, mesh, checkpoints: Ru
         return _branch_off(spec, model, budget, mesh, new_batches, branch)
     book = RunBook()
     state = init_state(model, train, budget.steps, seq_len, jax.random.key(train.seed), mesh=mesh,
-                       warmup_steps=branch.warmup_steps if branch else None)
+                       warmup=branch.warmup_steps if branch else None)
     if spec.config.model.init_from:  # a Hugging Face checkpoint's weights; the optimizer state stays fresh
         state = state.replace(params=hf.place(hf.load_params(spec.config.model, model.vocab_size), state.params))
     return state, book, new_batches()

@@ -83,5 +83,7 @@ def test_branch_plan_and_its_rules():
     small, large = (plans[r.run_id] for r in expand(raw))
     assert large.is_trunk and large.points == (8,) and small.start == 8  # 10 steps, cooldown ceil(2.0) = 2
     assert small.warmup_steps == large.warmup_steps == 1  # ceil(0.1 x the smallest run's 10 steps)
+    fixed = plan_branches(expand({**raw, "train": {**raw["train"], "warmup_steps": 3}}), ROOT)
+    assert {p.warmup_steps for p in fixed.values()} == {3}  # what each run would have had alone
     with pytest.raises(ConfigError, match="sweep.branch: needs train.schedule = 'wsd'"):
         expand({**raw, "train": {**raw["train"], "schedule": "cosine"}})

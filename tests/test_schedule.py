@@ -35,6 +35,14 @@ def test_cosine_is_unchanged_by_the_wsd_fields():
     np.testing.assert_allclose(lr, 2e-3 * 0.5 * (1 + np.cos(np.pi * np.arange(11) / 10)), rtol=1e-5, atol=1e-9)
 
 
+@pytest.mark.parametrize("schedule", ["cosine", "wsd"])
+def test_a_fixed_warmup_in_steps_is_the_same_at_every_budget(schedule):
+    for steps in (10, 100):
+        lr = lrs(TrainConfig(lr=1e-3, warmup_frac=0.5, warmup_steps=4, schedule=schedule), steps)
+        np.testing.assert_allclose(lr[:4], 1e-3 * np.arange(1, 5) / 4, rtol=1e-6)  # warmup_frac is not used
+        assert lr[4] == pytest.approx(1e-3, rel=1e-6)  # the decay (cosine) or the stable phase (wsd) starts at the peak
+
+
 def test_cosine_and_wsd_runs_share_one_compiled_step():
     assert step_key(TrainConfig(schedule="wsd", cooldown_frac=0.1)) == step_key(TrainConfig())
 
@@ -44,6 +52,12 @@ def test_cosine_and_wsd_runs_share_one_compiled_step():
     ({"cooldown_frac": 0.0}, "train.cooldown_frac: must be > 0"),
     ({"schedule": "wsd", "warmup_frac": 0.5, "cooldown_frac": 0.6}, "together exceed the run"),
     ({"cooldown_shape": "cosine"}, "train.cooldown_shape: 'cosine' is not one of linear, 1-sqrt"),
+    ({"tokens": 2048, "batch_size": 16, "warmup_steps": 2},  # 16 x data.seq_len 64 a step: 2 steps
+     "train.warmup_steps: 2 warmup steps leave no room for a decay in a run of 2 steps (train.tokens 2048); "
+     "allowed: at most 1"),
+    ({"tokens": 10240, "batch_size": 16, "schedule": "wsd", "warmup_steps": 9, "cooldown_frac": 0.2},  # 10 steps
+     "train.warmup_steps: 9 warmup steps leave no room for the cooldown's 2 in a run of 10 steps"),
+    ({"warmup_steps": -2}, "train.warmup_steps: must be >= -1"),
 ])
 def test_bad_schedules_are_named(override, message):
     with pytest.raises(ConfigError, match=re.escape(message)):
