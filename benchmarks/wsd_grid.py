@@ -20,10 +20,13 @@ from jaxscale.laws.frontier import compute_optimal_points, fit_power_law  # noqa
 from jaxscale.laws.table import read_csv  # noqa: E402
 
 
-def cells(runs):
+CONVENTIONS = {"with embeddings": "n_params", "without embeddings": "n_params_nonembed"}  # N; compute 6ND
+
+
+def cells(runs, params_column: str = "n_params"):
     """{(model, tokens): (params, loss)}"""
     return {(m, float(t)): (float(n), float(loss))
-            for m, t, n, loss in zip(runs.model, runs.tokens, runs.params, runs.loss)}
+            for m, t, n, loss in zip(runs.model, runs.tokens, runs.values[params_column], runs.loss)}
 
 
 def exponents(table: dict, bootstrap: int, seed: int = 0):
@@ -53,6 +56,17 @@ def exponents(table: dict, bootstrap: int, seed: int = 0):
     return point, intervals, int(ok.sum())
 
 
+def summary(fit) -> dict:
+    (a, b), (a_ci, b_ci), resamples = fit
+    return {"a": float(a), "b": float(b), "a_ci": [float(x) for x in a_ci], "b_ci": [float(x) for x in b_ci],
+            "resamples": resamples}
+
+
+def inside(fits) -> dict:
+    """Whether WSD's point estimates of a and b fall inside cosine's bootstrap intervals."""
+    return {k: bool(fits["cosine"][1][i][0] <= fits["wsd"][0][i] <= fits["cosine"][1][i][1]) for i, k in enumerate("ab")}
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("cosine", type=Path)
@@ -71,18 +85,19 @@ def main(argv=None) -> int:
     tables = {name: cells(runs) for name, runs in grids.items()}
     shared = sorted(set(tables["cosine"]) & set(tables["wsd"]))
     diffs = np.array([tables["wsd"][k][1] - tables["cosine"][k][1] for k in shared])
-    fits = {name: exponents(tables[name], args.bootstrap) for name in tables}
+    by_convention = {label: {name: exponents(cells(grids[name], column), args.bootstrap) for name in grids}
+                     for label, column in CONVENTIONS.items()}
+    fits = by_convention["with embeddings"]  # the headline: N as results.csv's n_params counts it
     walls = {"cosine": args.cosine_wall, "wsd": args.wsd_wall}
     result = {
         "runs": len(shared), "tokens_trained": trained, "tokens_saved": 1 - trained["wsd"] / trained["cosine"],
         "wall_s": walls, "loss_diff_mean": float(diffs.mean()), "loss_diff_abs_max": float(np.abs(diffs).max()),
         "loss_diff_sd": float(diffs.std(ddof=1)),
-        "exponents": {name: {"a": float(f[0][0]), "b": float(f[0][1]), "a_ci": [float(x) for x in f[1][0]],
-                             "b_ci": [float(x) for x in f[1][1]], "resamples": f[2]}
-                      for name, f in fits.items()},
+        "exponents": {name: summary(f) for name, f in fits.items()},
     }
-    inside = {k: bool(fits["cosine"][1][i][0] <= fits["wsd"][0][i] <= fits["cosine"][1][i][1]) for i, k in enumerate("ab")}
-    result["wsd_inside_cosine_intervals"] = inside
+    result["conventions"] = {label: {name: summary(f) for name, f in fs.items()} | {"wsd_inside": inside(fs)}
+                             for label, fs in by_convention.items()}
+    result["wsd_inside_cosine_intervals"] = inside(fits)
     if args.out:
         args.out.write_text(report(result, shared, tables, diffs))
     print(json.dumps(result))
@@ -106,6 +121,16 @@ def report(r: dict, shared, tables, diffs) -> str:
         f"{r['loss_diff_sd']:.4f}, largest |difference| {r['loss_diff_abs_max']:.4f} nats.",
         f"WSD's a inside cosine's interval: {r['wsd_inside_cosine_intervals']['a']}; "
         f"b: {r['wsd_inside_cosine_intervals']['b']}.",
+        "", "The same exponents with N counted with and without embeddings (compute 6ND either way):", "",
+        "| N counted | grid | a [95%] | b [95%] | WSD inside cosine's (a, b) |", "|---|---|---|---|---|",
+    ]
+    for label, c in r["conventions"].items():
+        for name in ("cosine", "wsd"):
+            x = c[name]
+            lines.append(f"| {label} | {name} | {x['a']:.3f} [{x['a_ci'][0]:.3f}, {x['a_ci'][1]:.3f}] | "
+                         f"{x['b']:.3f} [{x['b_ci'][0]:.3f}, {x['b_ci'][1]:.3f}] | "
+                         + (f"{c['wsd_inside']['a']}, {c['wsd_inside']['b']}" if name == "wsd" else "") + " |")
+    lines += [
         "", "| model | tokens | cosine | WSD | difference |", "|---|---:|---:|---:|---:|",
     ]
     lines += [f"| {m} | {t:,.0f} | {tables['cosine'][(m, t)][1]:.4f} | {tables['wsd'][(m, t)][1]:.4f} | {d:+.4f} |"
