@@ -39,7 +39,7 @@ def test_toy_report_is_labelled_and_has_every_section(toy_report):
     report, md = toy_report
     assert report["toy"] and "TOY RUN" in report["label"] and "TOY RUN" in md
     assert report["machine"]["backend"] == "cpu" and report["versions"]["jax"]
-    assert list(report["sections"]) == ["tinyllama", "attention", "energy", "tiny_grid"]
+    assert list(report["sections"]) == ["tinyllama", "attention", "energy", "tiny_grid", "loop"]
     for name in ("tinyllama", "attention", "tiny_grid"):
         assert report["sections"][name]["status"] == "ok", report["sections"][name]
     for title in gpu_check.TITLES.values():
@@ -96,17 +96,34 @@ def grid(speedups):
     return {"status": "ok", "shapes": [{"model": f"m{i}", "speedup_vs_eager": x} for i, x in enumerate(speedups)]}
 
 
-@pytest.mark.parametrize("mfu, speedups, verdicts", [
-    (0.60, [2.5] * 7, (True, True)),
-    (0.50, [2.5] * 6 + [1.9], (False, False)),
-    (0.60, [2.5] * 6, (True, None)),  # a shape missing: no verdict
-    (0.60, [2.5] * 6 + [None], (True, None)),  # no PyTorch at a shape: no verdict
+@pytest.mark.parametrize("mfu, speedups, efficiency, verdicts", [
+    (0.60, [2.5] * 7, 0.93, (True, True, True)),
+    (0.50, [2.5] * 6 + [1.9], 0.89, (False, False, False)),
+    (0.60, [2.5] * 6, None, (True, None, None)),  # a shape missing, the loop not measured: no verdict
+    (0.60, [2.5] * 6 + [None], 0.90, (True, None, True)),  # no PyTorch at a shape: no verdict
 ])
-def test_targets(mfu, speedups, verdicts):
-    sections = {"tinyllama": {"mfu": mfu, "peak_published": True}, "tiny_grid": grid(speedups)}
+def test_targets(mfu, speedups, efficiency, verdicts):
+    sections = {"tinyllama": {"mfu": mfu, "peak_published": True}, "tiny_grid": grid(speedups),
+                "loop": {"loop_efficiency": efficiency} if efficiency else {"status": "unavailable", "reason": "r"}}
     assert tuple(t["met"] for t in gpu_check.targets(sections, toy=False)) == verdicts
     unpublished = {"tinyllama": {"mfu": mfu, "peak_published": False}, "tiny_grid": grid(speedups)}
     assert gpu_check.targets(unpublished, toy=False)[0]["met"] is None
+
+
+def test_loop_section_without_grain_says_what_is_missing(toy_report):
+    report, md = toy_report
+    assert report["sections"]["loop"] == {"status": "unavailable", "wall_s": report["sections"]["loop"]["wall_s"],
+                                          "reason": "jaxscale.train needs grain and orbax.checkpoint, not installed "
+                                                    "here (see this script's docstring for bringing the wheels)"}
+    assert "needs grain and orbax.checkpoint" in md
+
+
+def test_loop_section_runs_the_real_loop_where_grain_is():
+    res = gpu_check.loop(gpu_check.TOY, gpu_check.Budget(60))
+    assert res["loop_efficiency"] == pytest.approx(res["loop_steps_per_s"] / res["bare_steps_per_s"], abs=1e-3)
+    assert len(res["rounds"]["loop"]) == 1 and res["backend"] == "cpu"
+    assert "loop_efficiency" in "\n".join(gpu_check.md_loop(res))
+    assert gpu_check.targets({"loop": res}, toy=True)[2]["met"] is None  # a toy run gives no verdict
 
 
 def test_full_sizes_refuse_to_run_off_a_gpu():
