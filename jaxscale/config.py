@@ -292,7 +292,10 @@ def _label(key: str, config: Config) -> str:
     if key == "model":
         return config.model.label
     section, leaf = key.split(".")
-    return f"{leaf}{getattr(getattr(config, section), leaf)}"  # the typed value: tokens5000, lr0.003, lr1e+30
+    value = getattr(getattr(config, section), leaf)
+    if isinstance(value, str) and "/" in value:  # a path: init_from_ckpt_llama-7b, the same with or without a last /
+        return f"{leaf}_{value.strip('/')}"
+    return f"{leaf}{value}"  # the typed value: tokens5000, lr0.003, lr1e+30
 
 
 @dataclass(frozen=True)

@@ -311,3 +311,13 @@ def test_tiny_transformer_exports_as_gpt2(setup, tmp_path, tie):
     x = np.linspace(-8, 8, 1001, dtype=np.float32)  # so the activation is checked where the two GELUs part
     gelu = transformers.activations.ACT2FN[model.config.activation_function]
     np.testing.assert_allclose(gelu(torch.from_numpy(x)).numpy(), np.asarray(jax.nn.gelu(x)), atol=1e-6)
+
+
+def test_init_from_as_a_sweep_axis_names_each_run_inside_the_sweep(tmp_path):
+    from jaxscale.config import expand
+    from jaxscale.sweep import run_path
+
+    raw = {"name": "x", "model": {"arch": "llama", "init_from": ["/ckpt/a b/llama-7b", "/ckpt/llama-13b/"]}}
+    ids = [spec.run_id for spec in expand(raw)]
+    assert ids == ["000-init_from_ckpt_a_b_llama-7b", "001-init_from_ckpt_llama-13b"]  # a path's parts, never a path
+    assert all(run_path(tmp_path, i).parent == tmp_path for i in ids)
