@@ -366,11 +366,11 @@ def validate(config: Config) -> None:
         raise ConfigError(f"train.cooldown_frac: warmup ({t.warmup_frac}) and cooldown ({t.cooldown_frac}) "
                           "together exceed the run")
     steps = t.tokens // batch_tokens
-    if t.warmup_steps >= 0 and t.warmup_steps + max(cooldown_steps(t, steps), 1) > steps:
-        after = f"the cooldown's {cooldown_steps(t, steps)}" if t.schedule == "wsd" else "a decay"
-        raise ConfigError(f"train.warmup_steps: {t.warmup_steps} warmup steps leave no room for {after} in a run "
-                          f"of {steps} steps (train.tokens {t.tokens}); allowed: at most "
-                          f"{steps - max(cooldown_steps(t, steps), 1)}")
+    after = max(cooldown_steps(t, steps), 1)  # wsd's cooldown, or one step of cosine's decay
+    if t.warmup_steps >= 0 and t.warmup_steps + after > steps:
+        what = f"the cooldown's {after}" if t.schedule == "wsd" else "a decay"
+        raise ConfigError(f"train.warmup_steps: {t.warmup_steps} warmup steps leave no room for {what} in a run "
+                          f"of {steps} steps (train.tokens {t.tokens}); allowed: at most {steps - after}")
     n_heads = m.n_heads or default_heads(m)
     if m.d_model % n_heads:
         raise ConfigError(f"model.n_heads: {n_heads} does not divide model.d_model {m.d_model}")
