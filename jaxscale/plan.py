@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import importlib.util
 import math
 import os
 import re
@@ -77,7 +76,7 @@ def load_target(name: str = "", spec_file: str = "") -> Target:
 
 def target_devices(target: Target, n: int) -> list:
     """n compile-only devices of the target GPU (one host): real GPU programs compile for them, none runs."""
-    if not any(importlib.util.find_spec(f"jax_plugins.xla_cuda{v}") for v in (12, 13)):
+    if not runtime.has_cuda_plugin():
         raise ConfigError("--target needs JAX's CUDA plugin (no GPU or driver needed): pip install 'jax[cuda12]'")
     from jax.experimental import topologies
     try:

@@ -30,8 +30,12 @@ def expected_platform(environ=os.environ, nvidia_device="/dev/nvidiactl") -> str
     first = environ.get("JAX_PLATFORMS", "").split(",")[0].strip().lower()
     if first:
         return "gpu" if first in GPU_PLATFORMS else first
-    cuda = any(importlib.util.find_spec(f"jax_plugins.xla_cuda{v}") for v in (12, 13))
-    return "gpu" if cuda and os.path.exists(nvidia_device) else "cpu"
+    return "gpu" if has_cuda_plugin() and os.path.exists(nvidia_device) else "cpu"
+
+
+def has_cuda_plugin() -> bool:
+    """JAX's CUDA plugin is installed (jax[cuda12] or jax[cuda13]): GPU programs compile, with or without a GPU."""
+    return any(importlib.util.find_spec(f"jax_plugins.xla_cuda{v}") for v in (12, 13))
 
 
 def compilation_cache_dir(environ=os.environ) -> Path:
