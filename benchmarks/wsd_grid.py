@@ -23,7 +23,7 @@ from jaxscale.laws.table import read_csv  # noqa: E402
 CONVENTIONS = {"with embeddings": "n_params", "without embeddings": "n_params_nonembed"}  # N; compute 6ND
 
 
-def cells(runs, params_column: str = "n_params"):
+def cells(runs, params_column: str):
     """{(model, tokens): (params, loss)}"""
     return {(m, float(t)): (float(n), float(loss))
             for m, t, n, loss in zip(runs.model, runs.tokens, runs.values[params_column], runs.loss)}
@@ -82,12 +82,14 @@ def main(argv=None) -> int:
         columns, rows = read_csv(path / "results.csv")
         column = "compute_tokens" if "compute_tokens" in columns and all(r["compute_tokens"] for r in rows) else "tokens"
         trained[name] = sum(float(r[column]) for r in rows)
-    tables = {name: cells(runs) for name, runs in grids.items()}
+    by_convention = {label: {name: cells(runs, column) for name, runs in grids.items()}
+                     for label, column in CONVENTIONS.items()}
+    tables = by_convention["with embeddings"]  # the headline: N as results.csv's n_params counts it
     shared = sorted(set(tables["cosine"]) & set(tables["wsd"]))
     diffs = np.array([tables["wsd"][k][1] - tables["cosine"][k][1] for k in shared])
-    by_convention = {label: {name: exponents(cells(grids[name], column), args.bootstrap) for name in grids}
-                     for label, column in CONVENTIONS.items()}
-    fits = by_convention["with embeddings"]  # the headline: N as results.csv's n_params counts it
+    fits_by_convention = {label: {name: exponents(table, args.bootstrap) for name, table in ts.items()}
+                          for label, ts in by_convention.items()}
+    fits = fits_by_convention["with embeddings"]
     walls = {"cosine": args.cosine_wall, "wsd": args.wsd_wall}
     result = {
         "runs": len(shared), "tokens_trained": trained, "tokens_saved": 1 - trained["wsd"] / trained["cosine"],
@@ -96,7 +98,7 @@ def main(argv=None) -> int:
         "exponents": {name: summary(f) for name, f in fits.items()},
     }
     result["conventions"] = {label: {name: summary(f) for name, f in fs.items()} | {"wsd_inside": inside(fs)}
-                             for label, fs in by_convention.items()}
+                             for label, fs in fits_by_convention.items()}
     result["wsd_inside_cosine_intervals"] = inside(fits)
     if args.out:
         args.out.write_text(report(result, shared, tables, diffs))
