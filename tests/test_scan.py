@@ -99,16 +99,20 @@ def test_remat_policies_give_the_same_loss_and_gradients(weights, unrolled_refer
     assert_trees_close(unstack_blocks(remat_grads) if cfg.scan_layers else remat_grads, grads)
 
 
-def saved_shapes(policy, weights) -> list[tuple[int, ...]]:
-    """The shapes of what the backward pass of the scanned model keeps (per layer: the stacked axis dropped)."""
+def saved_residuals(policy, weights, cfg=SCANNED) -> list[tuple[str, tuple[int, ...]]]:
+    """(dtype, shape) of what the backward pass of the scanned model keeps per layer (the stacked axis dropped)."""
     params, batch = weights
-    model = build_model(dataclasses.replace(SCANNED, remat=policy), VOCAB, SEQ)
+    model = build_model(dataclasses.replace(cfg, remat=policy), VOCAB, SEQ)
     out = io.StringIO()
     with contextlib.redirect_stdout(out):
         jax.ad_checkpoint.print_saved_residuals(lambda p: loss_fn(model, TRAIN, p, batch), stack_blocks(params))
-    shapes = [tuple(int(n) for n in line.split("[", 1)[1].split("]")[0].split(","))
-              for line in out.getvalue().splitlines() if "output of scan" in line]
-    return [s[1:] for s in shapes if s[0] == SCANNED.n_layers]  # not the last block's output
+    saved = [(line.split("[", 1)[0], tuple(int(n) for n in line.split("[", 1)[1].split("]")[0].split(",")))
+             for line in out.getvalue().splitlines() if "output of scan" in line]
+    return [(dtype, s[1:]) for dtype, s in saved if s[0] == cfg.n_layers]  # not the last block's output
+
+
+def saved_shapes(policy, weights) -> list[tuple[int, ...]]:
+    return [shape for _, shape in saved_residuals(policy, weights)]
 
 
 def test_remat_policies_keep_what_they_say(weights):
@@ -120,6 +124,16 @@ def test_remat_policies_keep_what_they_say(weights):
     assert full == [(b, t, d)]  # each block's input alone
     assert not scores(dots) and projections <= set(dots)
     assert sorted(mlp) == sorted([(b, t, d), (b, t, m), (b, t, m)])  # block input, gate, up
+
+
+def test_scanned_blocks_recompute_their_elementwise_parts(weights):
+    """With bfloat16 compute the unrecomputed (remat none) scanned block once kept four float32 copies of its
+    [b, t, d] input (the norms' upcasts) and six [b, t, d_mlp] arrays (silu's intermediates): now its [b, t, d_mlp]
+    residuals are gate, up and their SwiGLU product (the down projection's input) and nothing float32 is that big."""
+    b, t, d, m = 2, SEQ, 64, 96
+    saved = saved_residuals("none", weights, dataclasses.replace(SCANNED, dtype="bfloat16"))
+    assert [dtype for dtype, shape in saved if shape == (b, t, m)] == ["bf16"] * 3
+    assert not [shape for dtype, shape in saved if dtype == "f32" and shape in ((b, t, d), (b, t, m))]
 
 
 def test_stacked_parameters_carry_the_layers_axis():

@@ -32,9 +32,25 @@ class RMSNorm(nn.Module):
     @nn.compact
     def __call__(self, x):
         scale = self.param("scale", nn.with_logical_partitioning(nn.initializers.ones, ("norm",)), (x.shape[-1],))
-        x = x.astype(jnp.float32)
-        x = x * jax.lax.rsqrt(jnp.mean(x * x, axis=-1, keepdims=True) + self.eps)
-        return (x * scale).astype(self.dtype)
+        return recomputed(_rms_norm, static=(2, 3))(x, scale, self.eps, self.dtype)
+
+
+def recomputed(fn, static=()):
+    """`fn` whose intermediates the backward pass recomputes from its inputs instead of keeping them. For the
+    elementwise parts of a block (norms, SwiGLU): under nn.scan every intermediate the backward needs is
+    otherwise stacked over the layers (a norm's float32 copies of x, silu's sigmoid), where an unrolled program
+    fuses them away; with bfloat16 compute they were most of TinyLlama's activation memory (gpu_plan.md)."""
+    return jax.checkpoint(fn, prevent_cse=False, static_argnums=static)
+
+
+def _rms_norm(x, scale, eps, dtype):
+    x = x.astype(jnp.float32)
+    x = x * jax.lax.rsqrt(jnp.mean(x * x, axis=-1, keepdims=True) + eps)
+    return (x * scale).astype(dtype)
+
+
+def _swiglu(gate, up):
+    return nn.silu(gate) * up
 
 
 def rope(x, theta: float):
@@ -90,7 +106,7 @@ class MLP(nn.Module):
         d, m = cfg.d_model, cfg.d_mlp
         gate = checkpoint_name(Linear((d, m), ("embed", "mlp"), dtype, name="gate")(x), MLP_HIDDEN)
         up = checkpoint_name(Linear((d, m), ("embed", "mlp"), dtype, name="up")(x), MLP_HIDDEN)
-        h = constrain(nn.silu(gate) * up, ("act_batch", "act_len", "act_mlp"))
+        h = constrain(recomputed(_swiglu)(gate, up), ("act_batch", "act_len", "act_mlp"))
         return Linear((m, d), ("mlp", "embed"), dtype, name="down")(h)
 
 
