@@ -100,10 +100,34 @@ def vocab_block_for(token_block: int, vocab: int) -> int:
 
 
 def plain_cross_entropy(h, unembed, y):
-    logits = jnp.einsum("nd,vd->nv", h, unembed, preferred_element_type=jnp.float32)
+    logits = float32_logits(h, unembed)
     lse = jax.nn.logsumexp(logits, axis=-1)
     target = jnp.take_along_axis(logits, y[:, None], axis=-1)[:, 0]
     return jnp.mean(lse - target)
+
+
+@jax.custom_vjp
+def float32_logits(h, w):
+    """h [n, d] @ W^T [V, d] with float32 logits from operands in the compute dtype. Its backward pass casts the
+    logits' gradient to the operands' dtype before the two matmuls, as PyTorch's autocast does: left to autodiff,
+    a float32 cotangent upcasts h and W and both [n, V] x d matmuls run in float32 (TF32 on a GPU, at half the
+    bf16 rate, reading twice the bytes)."""
+    return jnp.einsum("nd,vd->nv", h, w, preferred_element_type=jnp.float32)
+
+
+def _float32_logits_fwd(h, w):
+    return float32_logits(h, w), (h, w)
+
+
+def _float32_logits_bwd(residuals, g):
+    h, w = residuals
+    g = g.astype(h.dtype)
+    dh = jnp.einsum("nv,vd->nd", g, w, preferred_element_type=jnp.float32)
+    dw = jnp.einsum("nv,nd->vd", g, h, preferred_element_type=jnp.float32)
+    return dh.astype(h.dtype), dw.astype(w.dtype)
+
+
+float32_logits.defvjp(_float32_logits_fwd, _float32_logits_bwd)
 
 
 # --- the blocked loss -------------------------------------------------------------------------

@@ -14,6 +14,7 @@ import os
 import re
 import sys
 import time
+from collections import Counter
 from pathlib import Path
 
 import jax
@@ -27,6 +28,8 @@ from jaxscale.step import abstract_state, compiled_steps, step_key
 
 TARGETS = Path(__file__).parent / "targets"
 CUDNN_ATTENTION = "__cudnn$fmha"  # the custom-call targets of cuDNN's fused attention
+HLO_VALUE = re.compile(r"%([\w.\-]+) = (\w+)\[")  # an instruction's name and element type
+HLO_DOT = re.compile(r"= \w+\[[^\]]*\]\S* dot\(%([\w.\-]+), %([\w.\-]+)\)")  # a matmul's two operands
 # The plan never runs the step: unoptimised CPU code generation compiles a 1B model several times faster.
 FAST_COMPILE = "--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true"
 
@@ -141,7 +144,9 @@ def xla_analysis(model, config: Config, mesh) -> dict:
     step, _ = compiled_steps(model, step_key(t), mesh)
     start = time.perf_counter()
     compiled = step.lower(state, batch).compile()
-    out = {"compile_s": time.perf_counter() - start, "cudnn_attention": CUDNN_ATTENTION in compiled.as_text()}
+    hlo = compiled.as_text()
+    out = {"compile_s": time.perf_counter() - start, "cudnn_attention": CUDNN_ATTENTION in hlo,
+           "matmuls": matmul_operand_types(hlo)}
     try:
         cost = compiled.cost_analysis()
         cost = cost[0] if isinstance(cost, (list, tuple)) else cost
@@ -153,6 +158,18 @@ def xla_analysis(model, config: Config, mesh) -> dict:
     except Exception:  # noqa: BLE001
         out["memory"] = None
     return out
+
+
+def matmul_operand_types(hlo: str) -> Counter:
+    """(lhs, rhs) element types of every dot of a compiled HLO module (its instruction names are unique). On a
+    GPU a float32 operand where the model computes in bf16 means TF32 or float32 math: half the rate or less."""
+    types = dict(HLO_VALUE.findall(hlo))
+    return Counter((types.get(a, "?"), types.get(b, "?")) for a, b in HLO_DOT.findall(hlo))
+
+
+def matmul_line(types: Counter) -> str:
+    kinds = ", ".join(f"{n} {a} x {b}" for (a, b), n in types.most_common())
+    return f"{sum(types.values())} compiled: {kinds or 'none'}"
 
 
 def fmt_flops(x: float) -> str:
@@ -229,6 +246,7 @@ def plan_model(config: Config, runs: list, devices, peak: float, mfu: float, xla
             kernel = (f"cuDNN fused attention (custom call {CUDNN_ATTENTION}) compiled" if x["cudnn_attention"]
                       else "no cuDNN custom call: XLA's attention")
             lines.append(f"attention   {kernel}")
+            lines.append(f"matmuls     {matmul_line(x['matmuls'])}")
     step_s = step_flops / (n_dev * peak * 1e12 * mfu)
     lines.append(f"time        {fmt_time(step_s)} a step at {peak:g} TFLOP/s x MFU {mfu:g} per device")
     budgets: dict[int, int] = {}

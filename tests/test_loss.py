@@ -111,6 +111,35 @@ def test_blocked_loss_forward_alone_and_its_tile_sizes():
     assert vocab_block_for(1 << 16, 50257) == 256 and vocab_block_for(1024, 300) == 300
 
 
+def dot_operand_dtypes(jaxpr) -> list[tuple[str, ...]]:
+    """The operand dtypes of every matmul in `jaxpr`, sub-jaxprs (custom VJPs, jit) included."""
+    found = []
+    for eqn in jaxpr.eqns:
+        if eqn.primitive.name == "dot_general":
+            found.append(tuple(str(v.aval.dtype) for v in eqn.invars))
+        for value in eqn.params.values():
+            sub = getattr(value, "jaxpr", value)
+            if hasattr(sub, "eqns"):
+                found += dot_operand_dtypes(sub)
+    return found
+
+
+def test_full_logits_in_bfloat16_backpropagate_through_bfloat16_matmuls():
+    """The float32 logits' gradient is cast to bf16 before the two backward matmuls (they ran in float32)."""
+    h = jax.random.normal(jax.random.key(4), (64, 32)).astype(jnp.bfloat16)
+    w = (jax.random.normal(jax.random.key(5), (500, 32)) * 0.3).astype(jnp.bfloat16)
+    y = jax.random.randint(jax.random.key(6), (64,), 0, 500)
+    grad = jax.value_and_grad(lambda h, w: cross_entropy(h, w, y, "full"), argnums=(0, 1))
+    dots = dot_operand_dtypes(jax.make_jaxpr(grad)(h, w).jaxpr)
+    assert len(dots) >= 3 and all(d == ("bfloat16", "bfloat16") for d in dots)  # forward, dh, dW
+    loss, (dh, dw) = grad(h, w)
+    ref_loss, ref_dh, ref_dw = numpy_reference(h.astype(jnp.float32), w.astype(jnp.float32), np.asarray(y))
+    assert loss.dtype == jnp.float32 and dh.dtype == dw.dtype == jnp.bfloat16
+    np.testing.assert_allclose(loss, ref_loss, rtol=1e-5)  # float32 logits: no bf16 rounding in the loss
+    np.testing.assert_allclose(np.asarray(dh, np.float32), ref_dh, atol=2e-3)
+    np.testing.assert_allclose(np.asarray(dw, np.float32), ref_dw, atol=2e-3)
+
+
 @pytest.mark.parametrize("mode", ["blocked", "stored"])
 def test_tiled_losses_in_bfloat16_stay_close(mode):
     k1, k2, k3 = jax.random.split(jax.random.key(8), 3)

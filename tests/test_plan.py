@@ -88,9 +88,26 @@ def test_plan_for_an_h100_compiles_cudnn_attention_and_says_it_fits():
     # bf16, head_dim 64, compute capability 9.0: cuDNN; 2,048 tokens x 32,000 x 8 bytes << 85 GB / 16: full logits
     assert "choices     attention cudnn, loss full, remat none" in out
     assert "cuDNN fused attention (custom call __cudnn$fmha) compiled" in out
+    matmuls = re.search(r"matmuls     (\d+) compiled: (.*)", out)
+    assert int(matmuls[1]) >= 14 and matmuls[2] == f"{matmuls[1]} bf16 x bf16"  # 7 projections x 2 layers, at least
     total = gb(re.search(r"total ([\d.]+ [MG]B) per device \(gpu backend\)", out)[1])
     headroom = gb(re.search(r"fits, ([\d.]+ [MG]B) headroom of 84.98 GB", out)[1])
     assert headroom == pytest.approx(84.978434048 - total, abs=0.011)  # the H100 file's device_memory_size
+
+
+def test_matmul_operand_types_are_read_from_the_compiled_hlo():
+    from jaxscale.plan import matmul_line, matmul_operand_types
+    hlo = """
+  %p.1 = bf16[64,32]{1,0} parameter(0), metadata={op_name="h"}
+  %p.2 = bf16[32,16]{1,0} parameter(1)
+  %cvt.3 = f32[32,16]{1,0} convert(%p.2)
+  %dot.4 = f32[64,16]{1,0} dot(%p.1, %p.2), lhs_contracting_dims={1}, rhs_contracting_dims={0}
+  ROOT %dot.5 = f32[64,16]{0,1} dot(%cvt.3, %cvt.3), lhs_contracting_dims={0}, rhs_contracting_dims={0}
+  %dot_general.6 = bf16[64,64]{1,0} dot(%p.1, %p.1), lhs_contracting_dims={1}, rhs_contracting_dims={1}
+"""
+    types = matmul_operand_types(hlo)
+    assert types == {("bf16", "bf16"): 2, ("f32", "f32"): 1}
+    assert matmul_line(types) == "3 compiled: 2 bf16 x bf16, 1 f32 x f32"
 
 
 @needs_cuda_plugin
