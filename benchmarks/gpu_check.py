@@ -14,7 +14,9 @@ under its estimate:
   flops_per_token x tokens per step / step time / NVIDIA's published dense bfloat16 peak, peak device memory
   (memory_stats()["peak_bytes_in_use"]) against the plan: XLA's memory_analysis() of the same compiled step
   (arguments + outputs - aliased + temporaries). If batch 8 runs out of memory, it runs again with model.remat
-  = true and says so. Target: MFU >= 55%. Runs first, so that the peak memory is this step's.
+  = true and says so. Target: MFU >= 55%. Runs first, so that the peak memory is this step's. Then, while the
+  budget allows, the same step with model.remat = "dots" (step time and XLA's plan: is recomputing the
+  elementwise work faster than keeping it?).
 - attention (a): jax.nn.dot_product_attention, implementation "cudnn" vs "xla", at TinyLlama's shapes (batch 8,
   2048 positions, 32 query heads / 4 KV heads, head_dim 64, bfloat16, causal): forward and forward+backward
   time, XLA's temporary memory of each compiled program, and the largest absolute difference of the output and
@@ -107,6 +109,7 @@ class Sizes:
     llama_set: tuple[str, ...] = ()  # overrides of configs/tinyllama_tokens.toml
     llama_steps: int = 20
     llama_warmup: int = 3
+    llama_variants: tuple[str, ...] = ("dots",)  # model.remat policies timed too, after the config's own
     grid_set: tuple[str, ...] = ()  # overrides of configs/tiny_grid.toml
     grid_vocab: int = 50257
     grid_models: tuple[str, ...] = ()  # all
@@ -238,6 +241,7 @@ def tinyllama(sz: Sizes, budget: Budget) -> dict:
                 raise
             out["without_remat"] = f"out of memory ({short(err)}); ran again with model.remat = full"
             log(f"  {out['without_remat']}")
+    out["remat_variants"] = remat_variants(m, cfg.train, seq_len, vocab, sz, budget, out)
     peak, source, published = peak_flops("bfloat16", sz)
     out |= {"peak_flops": peak, "peak_source": source, "peak_published": published,
             "model_flops_per_s": out["flops_per_token"] * out["tokens_per_step"] / out["step_s"]}
@@ -245,6 +249,27 @@ def tinyllama(sz: Sizes, budget: Budget) -> dict:
     planned = out["memory_plan"].get("planned_bytes")
     out["peak_over_planned"] = out["peak_bytes"] / planned if out["peak_bytes"] and planned else None
     return out
+
+
+def remat_variants(m, train, seq_len: int, vocab: int, sz: Sizes, budget: Budget, measured: dict) -> list[dict]:
+    """The same step under the other remat policies of sz.llama_variants (e.g. is "dots" faster than "none"?),
+    while the budget keeps room for the later sections; after the main figures, so its peak memory is theirs."""
+    later = sum(s for name, s in sz.estimates_s if name != "tinyllama")
+    rows = []
+    for remat in (r for r in sz.llama_variants if r != measured["remat"]):
+        if budget.left() < later + 1.5 * (measured["compile_s"] + measured["step_s"] * (sz.llama_steps + 3)):
+            rows.append({"remat": remat, "status": "skipped", "reason": f"time budget ({budget.left():.0f} s left)"})
+            continue
+        try:
+            x = time_train_step(dataclasses.replace(m, remat=remat), train, seq_len, vocab, sz)
+        except Exception as err:  # noqa: BLE001 - e.g. out of memory: recorded, the section's figures stand
+            rows.append({"remat": remat, "status": "error", "error": short(err)})
+            continue
+        log(f"  remat {remat}: {1e3 * x['step_s']:.1f} ms a step")
+        rows.append({"remat": remat, "status": "ok", "compile_s": x["compile_s"], "step_s": x["step_s"],
+                     "planned_bytes": x["memory_plan"].get("planned_bytes"), "loss_last": x["loss_last"],
+                     "step_over_measured": x["step_s"] / measured["step_s"]})
+    return rows
 
 
 def time_train_step(model_cfg, train, seq_len: int, vocab: int, sz: Sizes) -> dict:
@@ -754,7 +779,23 @@ def md_tinyllama(s: dict) -> list[str]:
             f"loss {s['loss_first']:.3f} → {s['loss_last']:.3f}. MFU = {s['flops_per_token']:,} FLOPs/token × "
             f"{s['tokens_per_step']:,} tokens / step time / {s['peak_flops'] / 1e12:.3g} TFLOP/s ({s['peak_source']}). "
             f"XLA's plan: arguments {gib(p.get('argument'))} + outputs {gib(p.get('output'))} − aliased "
-            f"{gib(p.get('alias'))} + temporaries {gib(p.get('temp'))}."]
+            f"{gib(p.get('alias'))} + temporaries {gib(p.get('temp'))}."] + md_remat_variants(s)
+
+
+def md_remat_variants(s: dict) -> list[str]:
+    rows = s.get("remat_variants", [])
+    if not rows:
+        return []
+    lines = ["", f"The same step under other `model.remat` policies (timed as above, after it; remat {s['remat']}: "
+                 f"{1e3 * s['step_s']:.1f} ms):", "", "| remat | compile | step (median) | step ÷ remat "
+             f"{s['remat']}'s | XLA's plan |", "|---|---:|---:|---:|---:|"]
+    for r in rows:
+        if r["status"] != "ok":
+            lines.append(f"| {r['remat']} | {r['status']}: {r.get('reason') or r.get('error')} ||||")
+            continue
+        lines.append(f"| {r['remat']} | {r['compile_s']:.1f} s | {1e3 * r['step_s']:.1f} ms | "
+                     f"{r['step_over_measured']:.2f}x | {gib(r['planned_bytes'])} |")
+    return lines
 
 
 def md_attention(s: dict) -> list[str]:

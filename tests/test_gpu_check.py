@@ -57,6 +57,10 @@ def test_mfu_matches_an_independent_count(toy_report):
     assert not s["peak_published"] and s["peak_flops"] > 0 and s["loss_finite"]
     assert s["compile_s"] > 0 and s["steps_timed"] == 3 and s["memory_plan"]["planned_bytes"] > 0
     assert s["peak_bytes"] is None  # the CPU keeps no device memory statistics: none invented
+    (dots,) = s["remat_variants"]  # the config's remat is none: dots is timed beside it
+    assert s["remat"] == "none" and dots["remat"] == "dots" and dots["status"] == "ok", dots
+    assert dots["step_over_measured"] == pytest.approx(dots["step_s"] / s["step_s"])
+    assert dots["planned_bytes"] < s["memory_plan"]["planned_bytes"]  # it keeps less for the backward pass
 
 
 def test_attention_and_grid_sections(toy_report):
@@ -162,4 +166,4 @@ def test_gpu_only_figures_render(toy_report):
     llama |= {"peak_bytes": 3 * 2**30, "peak_over_planned": 1.1, "without_remat": "out of memory (...)"}
     md = gpu_check.markdown(report)
     assert "could not render" not in md and "| cudnn | " in md and "cuDNN vs XLA, largest" in md
-    assert "3.00 GiB" in md and "out of memory" in md
+    assert "3.00 GiB" in md and "out of memory" in md and "| dots | " in md
