@@ -11,6 +11,7 @@ the budget.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from pathlib import Path
 
 from jaxscale.config import RunSpec, cooldown_steps, warmup_steps
@@ -56,3 +57,32 @@ def plan_branches(runs: list[RunSpec], out: Path) -> dict[str, Branch]:
             plans[m.run_id] = Branch(largest.run_id, 0 if own else start[m.run_id], points if own else (), warmup,
                                      trunk_dir)
     return plans
+
+
+def trained_steps(spec: RunSpec, branch: Branch | None) -> int:
+    """The steps this run trains itself: a branch only its cooldown, a trunk or a plain run all of its budget."""
+    return steps_of(spec) - (branch.start if branch else 0)
+
+
+def worker_share(runs: list[RunSpec], branches: dict[str, Branch], worker: tuple[int, int],
+                 flops: Callable[[RunSpec], float]) -> list[RunSpec]:
+    """The runs `--worker I/N` trains, in sweep order. Without branch groups: every N-th run from I. With them,
+    each group (a trunk and its branches) goes to one worker, so no branch waits on another worker's trunk, and
+    the groups (and any other runs) are dealt heaviest first to the worker with the least compute so far:
+    every N-th run would give one worker every trunk whenever N divides the number of budgets. `flops(spec)`:
+    a run's training FLOPs per step, so a unit's weight is its steps trained x that."""
+    index, count = worker
+    if not branches:
+        return [r for i, r in enumerate(runs) if i % count == index]
+    units: dict[str, list[RunSpec]] = {}
+    for spec in runs:
+        units.setdefault(branches[spec.run_id].trunk if spec.run_id in branches else spec.run_id, []).append(spec)
+    weight = {key: sum(trained_steps(m, branches.get(m.run_id)) * flops(m) for m in members)
+              for key, members in units.items()}
+    load, mine = [0.0] * count, set()
+    for key in sorted(units, key=lambda k: -weight[k]):  # stable: equal weights keep the sweep's order
+        least = min(range(count), key=load.__getitem__)
+        load[least] += weight[key]
+        if least == index:
+            mine.update(m.run_id for m in units[key])
+    return [r for r in runs if r.run_id in mine]

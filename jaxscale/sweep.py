@@ -132,9 +132,10 @@ class Sweep:
             return "running"
         return "interrupted" if (self.run_dir(run_id) / "checkpoints").is_dir() else "pending"
 
-    def pending(self, worker: tuple[int, int] = (0, 1)) -> list[RunSpec]:
-        index, count = worker
-        return [r for i, r in enumerate(self.runs) if i % count == index and self.state(r.run_id) in ("pending", "interrupted")]
+    def pending(self, share: list[RunSpec] | None = None) -> list[RunSpec]:
+        """The runs of `share` (default: all) still to train."""
+        runs = self.runs if share is None else share
+        return [r for r in runs if self.state(r.run_id) in ("pending", "interrupted")]
 
     # --- claims ------------------------------------------------------------------------------
     def _stale(self, claim: Path) -> bool:

@@ -24,7 +24,7 @@ import jax
 import numpy as np
 
 from jaxscale import hf, runtime, sharding
-from jaxscale.branch import Branch, plan_branches
+from jaxscale.branch import Branch, plan_branches, worker_share
 from jaxscale.checkpoint import RunCheckpoints
 from jaxscale.config import Config, ConfigError, RunSpec, load_raw, to_dict
 from jaxscale.data.loader import Budget, eval_batches, plan_budget, train_dataset, train_iterator
@@ -484,8 +484,15 @@ def run_sweep(raw: dict, out: Path, worker: tuple[int, int] = (0, 1), quiet: boo
                 raise Interrupted(f"{stop.received} while waiting for trunk {branch.trunk}")
 
     trunks_first = lambda spec: 0 if spec.run_id not in branches or branches[spec.run_id].is_trunk else 1  # noqa: E731
+
+    def step_flops(spec: RunSpec) -> float:
+        c = spec.config
+        vocab = prepare_data(c, data_cache).vocab_size
+        return flops_per_token(c.model, vocab, c.data.seq_len) * c.train.batch_size * c.data.seq_len
+
+    share = worker_share(runs, branches, worker, step_flops)
     with StopSignals() as stop:
-        for spec in sorted(sweep.pending(worker), key=trunks_first):
+        for spec in sorted(sweep.pending(share), key=trunks_first):
             if stop.received:
                 raise Interrupted(f"{stop.received} between runs")
             train(spec)

@@ -9,7 +9,7 @@ import sys
 import pytest
 
 from conftest import ROOT
-from jaxscale.branch import plan_branches
+from jaxscale.branch import plan_branches, worker_share
 from jaxscale.config import ConfigError, expand
 
 CONFIG = """
@@ -87,3 +87,22 @@ def test_branch_plan_and_its_rules():
     assert {p.warmup_steps for p in fixed.values()} == {3}  # what each run would have had alone
     with pytest.raises(ConfigError, match="sweep.branch: needs train.schedule = 'wsd'"):
         expand({**raw, "train": {**raw["train"], "schedule": "cosine"}})
+
+
+def test_workers_get_whole_groups_balanced_by_compute():
+    """Every N-th run gave worker 1 every trunk whenever N divides the number of budgets. Three shapes x 4 budgets
+    of 10, 20, 30, 40 steps, cooldown 25%: each trunk trains 40 steps and its branches 3, 5 and 8 (ceil(0.25 x 10,
+    20, 30) cooldown steps), 56 steps a group; at 16, 32 and 48 FLOPs a step (d_model, here) the groups weigh 896,
+    1,792 and 2,688, so d48 goes to one worker and d16 with d32 to the other: 2,688 each."""
+    raw = {"name": "x", "data": {"seq_len": 16}, "model": [{"d_model": d} for d in (16, 32, 48)],
+           "train": {"tokens": [1280, 2560, 3840, 5120], "batch_size": 8, "schedule": "wsd", "warmup_frac": 0.0,
+                     "cooldown_frac": 0.25}, "sweep": {"branch": True}}  # fmt: skip
+    runs = expand(raw)
+    branches = plan_branches(runs, ROOT)
+    flops = lambda spec: spec.config.model.d_model  # noqa: E731
+    shares = [worker_share(runs, branches, (i, 2), flops) for i in range(2)]
+    widths = [{r.config.model.d_model for r in share} for share in shares]
+    assert widths == [{48}, {16, 32}] and [len(s) for s in shares] == [4, 8]
+    assert [r.run_id for r in shares[1]] == [r.run_id for r in runs if r.config.model.d_model != 48]  # sweep order
+    assert worker_share(runs, {}, (1, 2), flops) == runs[1::2]  # no groups: every N-th run, as before
+    assert sorted(r.run_id for r in worker_share(runs, branches, (0, 1), flops)) == sorted(r.run_id for r in runs)
