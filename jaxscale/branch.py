@@ -69,14 +69,18 @@ def worker_share(runs: list[RunSpec], branches: dict[str, Branch], worker: tuple
     """The runs `--worker I/N` trains, in sweep order. Without branch groups: every N-th run from I. With them,
     each group (a trunk and its branches) goes to one worker, so no branch waits on another worker's trunk, and
     the groups (and any other runs) are dealt heaviest first to the worker with the least compute so far:
-    every N-th run would give one worker every trunk whenever N divides the number of budgets. `flops(spec)`:
-    a run's training FLOPs per step, so a unit's weight is its steps trained x that."""
+    every N-th run would give one worker every trunk whenever N divides the number of budgets. With more
+    workers than groups, trunks and branches are dealt one by one instead (a branch then waits for its trunk's
+    checkpoint where another worker trains it), so no worker is left without runs. `flops(spec)`: a run's
+    training FLOPs per step, so a unit's weight is its steps trained x that."""
     index, count = worker
     if not branches:
         return [r for i, r in enumerate(runs) if i % count == index]
+    split = count > len({b.trunk for b in branches.values()})
     units: dict[str, list[RunSpec]] = {}
     for spec in runs:
-        units.setdefault(branches[spec.run_id].trunk if spec.run_id in branches else spec.run_id, []).append(spec)
+        whole = spec.run_id in branches and not split
+        units.setdefault(branches[spec.run_id].trunk if whole else spec.run_id, []).append(spec)
     weight = {key: sum(trained_steps(m, branches.get(m.run_id)) * flops(m) for m in members)
               for key, members in units.items()}
     load, mine = [0.0] * count, set()

@@ -115,6 +115,7 @@ def open_process_meter(kind: str):
     return meter
 
 
+TRUNK_GRACE_S = 60.0  # how long a branch waits for the worker whose share holds its unstarted trunk
 ENERGY_ACROSS_PROCESSES = ("energy_j", "energy_above_idle_j", "idle_power_w", "power_peak_w")
 
 
@@ -441,6 +442,14 @@ def run_sweep(raw: dict, out: Path, worker: tuple[int, int] = (0, 1), quiet: boo
     branches = plan_branches(runs, out)
     by_id = {spec.run_id: spec for spec in runs}
 
+    def step_flops(spec: RunSpec) -> float:
+        c = spec.config
+        vocab = prepare_data(c, data_cache).vocab_size
+        return flops_per_token(c.model, vocab, c.data.seq_len) * c.train.batch_size * c.data.seq_len
+
+    share = worker_share(runs, branches, worker, step_flops)
+    mine = {spec.run_id for spec in share}
+
     def train(spec: RunSpec) -> None:
         if not sweep.claim(spec.run_id):
             return
@@ -453,6 +462,7 @@ def run_sweep(raw: dict, out: Path, worker: tuple[int, int] = (0, 1), quiet: boo
                 branch = branches.get(spec.run_id)
                 if branch and not branch.is_trunk and not (sweep.run_dir(spec.run_id) / "checkpoints").is_dir():
                     wait_for_trunk(branch, spec)
+                    progress.begin_run(runs.index(spec) + 1, spec.run_id)  # a trunk trained meanwhile took the line
                 summary = run_one(spec, prepare_data(spec.config, data_cache), sweep.run_dir(spec.run_id),
                                   progress, stop, meters[kind], heartbeat=lambda: sweep.heartbeat(spec.run_id),
                                   branch=branch)
@@ -469,13 +479,16 @@ def run_sweep(raw: dict, out: Path, worker: tuple[int, int] = (0, 1), quiet: boo
 
     def wait_for_trunk(branch: Branch, spec: RunSpec) -> None:
         """Until the trunk checkpoint this branch starts from exists: train the trunk run here if no worker has
-        it, else wait for the worker that does (claims keep any run, trunks included, from training twice)."""
+        it, else wait for the worker that does (claims keep any run, trunks included, from training twice). A
+        trunk of another worker's share gets TRUNK_GRACE_S for that worker to take it, then is trained here."""
+        since = time.monotonic()
         while not (branch.trunk_dir / str(branch.start)).is_dir():
             state = sweep.state(branch.trunk)
             if state in ("ok", "failed"):
                 raise RuntimeError(f"the trunk run {branch.trunk} ended ({state}) without the checkpoint at step "
                                    f"{branch.start} that this branch starts from")
-            if state in ("pending", "interrupted"):
+            ours = branch.trunk in mine or time.monotonic() - since > TRUNK_GRACE_S
+            if state in ("pending", "interrupted") and ours:
                 train(by_id[branch.trunk])
             else:
                 time.sleep(2.0)
@@ -485,12 +498,6 @@ def run_sweep(raw: dict, out: Path, worker: tuple[int, int] = (0, 1), quiet: boo
 
     trunks_first = lambda spec: 0 if spec.run_id not in branches or branches[spec.run_id].is_trunk else 1  # noqa: E731
 
-    def step_flops(spec: RunSpec) -> float:
-        c = spec.config
-        vocab = prepare_data(c, data_cache).vocab_size
-        return flops_per_token(c.model, vocab, c.data.seq_len) * c.train.batch_size * c.data.seq_len
-
-    share = worker_share(runs, branches, worker, step_flops)
     with StopSignals() as stop:
         for spec in sorted(sweep.pending(share), key=trunks_first):
             if stop.received:

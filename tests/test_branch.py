@@ -69,6 +69,37 @@ def test_branches_train_what_separate_wsd_runs_train(tmp_path):
         ["15", "7"]
 
 
+def test_a_worker_with_branches_only_waits_for_the_other_workers_trunk(tmp_path):
+    """One group, two workers: the trunk (40 steps) is worker 0's, both branches worker 1's, which waits for the
+    trunk's checkpoints; every run is trained once, to the losses of one process training the whole sweep."""
+    _, alone, _ = sweep(tmp_path, "alone", "sweep.branch=true")
+    config, out = tmp_path / "alone.toml", tmp_path / "two"
+    procs = [subprocess.Popen([sys.executable, "-m", "jaxscale.train", "--config", str(config), "--out", str(out),
+                               "--worker", f"{i}/2", "sweep.branch=true"], cwd=ROOT, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True) for i in range(2)]
+    logs = [p.communicate(timeout=600)[1] for p in procs]
+    assert all(p.returncode == 0 for p in procs), [log[-2000:] for log in logs]
+    trained = [sorted(line.split()[2] for line in log.splitlines() if line.startswith("run ")) for log in logs]
+    assert trained == [["002-tokens5120"], ["000-tokens1280", "001-tokens2560"]]
+    with open(out / "results.csv") as f:
+        rows = {row["tokens"]: row for row in csv.DictReader(f)}
+    assert {t: r["eval_loss"] for t, r in rows.items()} == {t: r["eval_loss"] for t, r in alone.items()}
+
+
+def test_a_trunk_whose_worker_never_comes_is_trained_after_the_grace_period(tmp_path):
+    """Worker 1/2 alone (worker 0's SLURM task never started): its branches wait TRUNK_GRACE_S (1 s here) for the
+    trunk of worker 0's share, then train it themselves; the sweep does not hang."""
+    config, out = tmp_path / "lonely.toml", tmp_path / "lonely"
+    config.write_text(CONFIG)
+    code = ("import sys; import jaxscale.train as t; t.TRUNK_GRACE_S = 1.0; "
+            f"sys.exit(t.main(['--config', {str(config)!r}, '--out', {str(out)!r}, '--worker', '1/2', "
+            "'sweep.branch=true']))")
+    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    trained = sorted(line.split()[2] for line in proc.stderr.splitlines() if line.startswith("run "))
+    assert trained == ["000-tokens1280", "001-tokens2560", "002-tokens5120"]  # its two branches and the trunk
+
+
 def test_a_rerun_trains_nothing_again(tmp_path):
     out, first, _ = sweep(tmp_path, "again", "sweep.branch=true")
     before = {p: p.stat().st_mtime_ns for p in out.glob("*/metrics.jsonl")}
@@ -106,3 +137,17 @@ def test_workers_get_whole_groups_balanced_by_compute():
     assert [r.run_id for r in shares[1]] == [r.run_id for r in runs if r.config.model.d_model != 48]  # sweep order
     assert worker_share(runs, {}, (1, 2), flops) == runs[1::2]  # no groups: every N-th run, as before
     assert sorted(r.run_id for r in worker_share(runs, branches, (0, 1), flops)) == sorted(r.run_id for r in runs)
+
+
+def test_more_workers_than_groups_split_the_groups():
+    """Four workers, three groups: trunks and branches are dealt one by one, heaviest first, so the three trunks
+    (40 steps x 16, 32, 48 = 640, 1,280, 1,920) go to three workers and the fourth gets branches."""
+    raw = {"name": "x", "data": {"seq_len": 16}, "model": [{"d_model": d} for d in (16, 32, 48)],
+           "train": {"tokens": [1280, 2560, 3840, 5120], "batch_size": 8, "schedule": "wsd", "warmup_frac": 0.0,
+                     "cooldown_frac": 0.25}, "sweep": {"branch": True}}  # fmt: skip
+    runs = expand(raw)
+    branches = plan_branches(runs, ROOT)
+    shares = [worker_share(runs, branches, (i, 4), lambda spec: spec.config.model.d_model) for i in range(4)]
+    assert all(shares) and sorted(r.run_id for s in shares for r in s) == sorted(r.run_id for r in runs)
+    trunks = [[r.config.model.d_model for r in s if branches[r.run_id].is_trunk] for s in shares]
+    assert trunks == [[48], [32], [16], []]
