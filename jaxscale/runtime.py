@@ -35,6 +35,8 @@ def expected_platform(environ=os.environ, nvidia_device="/dev/nvidiactl") -> str
 
 def has_cuda_plugin() -> bool:
     """JAX's CUDA plugin is installed (jax[cuda12] or jax[cuda13]): GPU programs compile, with or without a GPU."""
+    if importlib.util.find_spec("jax_plugins") is None:  # no JAX plugin at all (e.g. `pip install jax`)
+        return False
     return any(importlib.util.find_spec(f"jax_plugins.xla_cuda{v}") for v in (12, 13))
 
 

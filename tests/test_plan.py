@@ -1,5 +1,4 @@
 """`python -m jaxscale.plan`: figures for a config's model, batch and mesh, from abstract shapes only."""
-import importlib.util
 import os
 import re
 import subprocess
@@ -9,6 +8,7 @@ import time
 import pytest
 from conftest import ROOT
 
+from jaxscale import runtime
 from jaxscale.config import ModelConfig
 from jaxscale.plan import activation_bytes, main
 
@@ -61,7 +61,7 @@ def test_activation_estimate_shrinks_with_remat_tensor_and_fewer_tokens():
     assert activation_bytes(cfg, 8192, 2048, tensor=1)[0] == pytest.approx(saved / 2)
 
 
-CUDA = importlib.util.find_spec("jax_plugins.xla_cuda12") is not None
+CUDA = runtime.has_cuda_plugin()
 needs_cuda_plugin = pytest.mark.skipif(not CUDA, reason="JAX's CUDA plugin is not installed (pip install 'jax[cuda12]')")
 SMALL_LLAMA = ["model.n_layers=2", "model.d_model=256", "model.n_heads=4", "model.n_kv_heads=2", "model.d_mlp=512",
                "data.seq_len=256"]

@@ -25,9 +25,26 @@ def test_expected_platform_follows_jax_platforms_then_the_driver(tmp_path):
     assert runtime.expected_platform({"JAX_PLATFORMS": "cpu"}) == "cpu"
     assert runtime.expected_platform({"JAX_PLATFORMS": "cuda,cpu"}) == "gpu"
     assert runtime.expected_platform({}, nvidia_device=str(tmp_path / "none")) == "cpu"
-    if importlib.util.find_spec("jax_plugins.xla_cuda12"):  # plugin present and a driver node: a GPU is expected
+    if runtime.has_cuda_plugin():  # plugin present and a driver node: a GPU is expected
         (tmp_path / "nvidiactl").touch()
         assert runtime.expected_platform({}, nvidia_device=str(tmp_path / "nvidiactl")) == "gpu"
+
+
+def test_no_jax_plugin_at_all_means_cpu(monkeypatch, tmp_path):
+    # `pip install jax` alone has no jax_plugins package, and find_spec of a submodule of a missing package raises
+    # (Python's documented behaviour, mimicked here): start-up must read that as "no CUDA plugin", not crash.
+    def find_spec(name, package=None):
+        if name == "jax_plugins":
+            return None
+        if name.startswith("jax_plugins."):
+            raise ModuleNotFoundError("No module named 'jax_plugins'", name="jax_plugins")
+        return real_find_spec(name, package)
+
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", find_spec)
+    (tmp_path / "nvidiactl").touch()  # even where a driver node exists
+    assert not runtime.has_cuda_plugin()
+    assert runtime.expected_platform({}, nvidia_device=str(tmp_path / "nvidiactl")) == "cpu"
 
 
 def test_tinyllama_on_an_h100_gets_cudnn_attention_and_full_logits():
