@@ -130,3 +130,19 @@ def test_fit_with_two_parameter_counts_side_by_side(capsys, tmp_path):
     code, out, _ = run(capsys, "fit", str(path), "--params-col", "n_params,n_params_nonembed", "--tokens-col", "tokens",
                        "--loss-col", "loss")
     assert code == 0 and "N = n_params_nonembed" in out and out.count("alpha") == 1
+
+
+def test_fit_reads_a_sweeps_results_csv_with_no_column_flags(capsys, tmp_path):
+    """The defaults are results.csv's columns (n_params, tokens, eval_loss); a failed run (no loss) is left out."""
+    law = ChinchillaLaw(E=1.69, A=406.4, B=410.7, alpha=0.34, beta=0.28)
+    n, d = (a.ravel() for a in np.meshgrid(np.geomspace(1e7, 1e10, 8), np.geomspace(1e9, 1e12, 8)))
+    loss = law.loss(n, d) * np.exp(np.random.default_rng(2).normal(0, 0.002, n.size))
+    rows = [f"{i:03d},{a:.0f},{b:.0f},{c},ok" for i, (a, b, c) in enumerate(zip(n, d, loss))]
+    path = tmp_path / "results.csv"
+    path.write_text("run_id,n_params,tokens,eval_loss,status\n" + "\n".join(rows) + "\n064,1e8,1e10,,failed\n")
+    code, out, err = run(capsys, "fit", str(path), "--json")
+    assert code == 0, err
+    result = json.loads(out)
+    assert result["alpha"] == pytest.approx(0.34, rel=0.03) and result["beta"] == pytest.approx(0.28, rel=0.03)
+    code, out, _ = run(capsys, "fit", str(tmp_path))  # the sweep directory
+    assert code == 0 and "64 runs of" in out and "1 with a status other than ok left out" in out

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
 
 import numpy as np
 
@@ -32,8 +33,6 @@ class OneLineParser(argparse.ArgumentParser):
 def enable_compilation_cache() -> None:
     """Keep compiled fitting kernels between command-line invocations (~/.cache/jaxscale/jax), unless the user has
     chosen a cache already. Only the command-line entry points call this: it changes process-wide JAX config."""
-    from pathlib import Path
-
     import jax
 
     if not jax.config.jax_compilation_cache_dir:
@@ -52,14 +51,16 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True, parser_class=OneLineParser)
 
     fit = commands.add_parser("fit", help="fit L(N, D) = E + A/N^alpha + B/D^beta (Chinchilla Approach 3)")
-    fit.add_argument("csv")
-    fit.add_argument("--params-col", required=True,
-                     help="column with the parameter count N; several, comma-separated (e.g. n_params,n_params_nonembed), "
-                          "fit once per count and show the exponents side by side")
-    source = fit.add_mutually_exclusive_group(required=True)
-    source.add_argument("--tokens-col", help="column with the training tokens D")
+    fit.add_argument("csv", help="a table with a row per run, or a sweep directory (its results.csv, whose columns "
+                     "the defaults name)")
+    fit.add_argument("--params-col", default="n_params",
+                     help="column with the parameter count N (default n_params); several, comma-separated (e.g. "
+                          "n_params,n_params_nonembed), fit once per count and show the exponents side by side")
+    source = fit.add_mutually_exclusive_group()
+    source.add_argument("--tokens-col", help="column with the training tokens D (default tokens)")
     source.add_argument("--flops-col", help="column with training FLOPs C instead; D = C / (6N)")
-    fit.add_argument("--loss-col", required=True, help="column with the final loss (nats per token)")
+    fit.add_argument("--loss-col", default="eval_loss", help="column with the final loss (nats per token; default "
+                     "eval_loss). Where the table has a status column, only its \"ok\" rows are fitted")
     fit.add_argument("--drop-highest", type=int, default=0, metavar="K", help="drop the K highest-loss runs")
     fit.add_argument("--max-tokens-per-param", type=float, metavar="R", help="fit only runs with D/N <= R")
     fit.add_argument("--bootstrap", type=int, default=0, metavar="R", help="bootstrap resamples for intervals")
@@ -105,12 +106,18 @@ def run_fit(args) -> dict:
 def _run_fit(args, params_col: str) -> dict:
     from jaxscale.laws.chinchilla import fit_chinchilla
 
+    if Path(args.csv).is_dir():  # a sweep directory: its results.csv
+        args.csv = str(Path(args.csv) / "results.csv")
     columns, rows = read_csv(args.csv)
-    wanted = [params_col, args.tokens_col or args.flops_col, args.loss_col]
-    require_columns(args.csv, columns, wanted)
+    tokens_col = args.tokens_col or (None if args.flops_col else "tokens")
+    require_columns(args.csv, columns, [params_col, tokens_col or args.flops_col, args.loss_col])
+    not_ok = 0
+    if "status" in columns:  # a sweep's results.csv: failed runs have no final loss
+        ok = [row for row in rows if (row["status"] or "").strip() == "ok"]
+        rows, not_ok = ok, len(rows) - len(ok)
     params = numbers(args.csv, rows, params_col, positive=True)
-    if args.tokens_col:
-        tokens = numbers(args.csv, rows, args.tokens_col, positive=True)
+    if tokens_col:
+        tokens = numbers(args.csv, rows, tokens_col, positive=True)
     else:
         tokens = numbers(args.csv, rows, args.flops_col, positive=True) / (6.0 * params)
     loss = numbers(args.csv, rows, args.loss_col, positive=True)
@@ -129,8 +136,9 @@ def _run_fit(args, params_col: str) -> dict:
     except ValueError as error:
         raise InputError(f"{args.csv}: {error}") from None
     if not args.json:
-        print(f"Chinchilla Approach-3 fit, N = {params_col}: {fit.n_runs} runs of {args.csv}, {fit.n_starts} starts "
-              f"({fit.n_diverged} diverged, dropped)")
+        left_out = f" ({not_ok} with a status other than ok left out)" if not_ok else ""
+        print(f"Chinchilla Approach-3 fit, N = {params_col}: {fit.n_runs} runs of {args.csv}{left_out}, "
+              f"{fit.n_starts} starts ({fit.n_diverged} diverged, dropped)")
     return {**fit.as_dict(), **_fit_warnings(fit, params, tokens)}
 
 
