@@ -97,6 +97,8 @@ def _law(args) -> ChinchillaLaw:
 
 def run_fit(args) -> dict:
     """One fit; with several --params-col, {"conventions": {column: fit}} (the same runs, N counted each way)."""
+    if Path(args.csv).is_dir():  # a sweep directory: its results.csv
+        args.csv = str(Path(args.csv) / "results.csv")
     counts = [c.strip() for c in args.params_col.split(",") if c.strip()]
     if len(counts) == 1:
         return _run_fit(args, counts[0])
@@ -106,8 +108,6 @@ def run_fit(args) -> dict:
 def _run_fit(args, params_col: str) -> dict:
     from jaxscale.laws.chinchilla import fit_chinchilla
 
-    if Path(args.csv).is_dir():  # a sweep directory: its results.csv
-        args.csv = str(Path(args.csv) / "results.csv")
     columns, rows = read_csv(args.csv)
     tokens_col = args.tokens_col or (None if args.flops_col else "tokens")
     require_columns(args.csv, columns, [params_col, tokens_col or args.flops_col, args.loss_col])
