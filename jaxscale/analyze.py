@@ -21,7 +21,7 @@ from jaxscale.laws.inference import chinchilla_style, inference_optimal
 from jaxscale.laws.law import HOFFMANN, ChinchillaLaw
 from jaxscale.laws.pinning import interval_warning, range_warning
 from jaxscale.laws.stats import paired_tests, rm_anova
-from jaxscale.laws.table import InputError, numbers, read_csv, require_columns
+from jaxscale.laws.table import InputError, numbers, ok_rows, read_csv, require_columns
 
 REQUIRED_COLUMNS = ["model", "n_params", "tokens", "flops", "status"]
 NUMERIC_COLUMNS = [
@@ -69,7 +69,7 @@ def load_runs(sweep_dir: Path) -> Runs:
     require_columns(path, columns, REQUIRED_COLUMNS)
     if "eval_loss" not in columns and "train_loss" not in columns:
         raise InputError(f"{path}: no loss column; expected 'eval_loss' or 'train_loss'")
-    ok = [row for row in rows if (row.get("status") or "").strip() == "ok"]
+    ok = ok_rows(rows)
     values = {c: numbers(path, ok, c) if c in columns else np.full(len(ok), np.nan) for c in NUMERIC_COLUMNS}
     loss_column = "eval_loss" if ok and np.isfinite(values["eval_loss"]).all() else "train_loss"
     usable = np.ones(len(ok), bool)

@@ -7,6 +7,8 @@ import pytest
 # tests, which need no GPU): without this the plugin would look for a GPU and print its failure to stderr.
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
+from jaxscale import runtime  # noqa: E402  (after JAX_PLATFORMS)
+
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 ENWIKI = SHARED / "data" / "enwiki-sample"
 GPT2 = SHARED / "tokenizers" / "gpt2" / "tokenizer.json"
@@ -16,6 +18,11 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def needs_shared(path: Path):
     return pytest.mark.skipif(not path.exists(), reason=f"{path} not present (../shared beside the checkout)")
+
+
+# compiling or tracing for CUDA (cuDNN attention among it) needs the plugin, not a GPU
+needs_cuda_plugin = pytest.mark.skipif(not runtime.has_cuda_plugin(),
+                                       reason="JAX's CUDA plugin is not installed (pip install 'jax[cuda12]')")
 
 
 @pytest.fixture(autouse=True, scope="session")

@@ -9,12 +9,12 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import needs_cuda_plugin
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 import gpu_check  # noqa: E402
-from jaxscale import runtime  # noqa: E402
 from jaxscale.testing.scripted_nvml import ScriptedGPU, ScriptedNVML, constant  # noqa: E402
 
 HAS_TORCH = importlib.util.find_spec("torch") is not None
@@ -144,7 +144,7 @@ def test_grid_skips_shapes_when_the_budget_is_spent():
     assert "skipped: time budget" in "\n".join(gpu_check.md_grid(res))
 
 
-@pytest.mark.skipif(not runtime.has_cuda_plugin(), reason="lowering for CUDA needs JAX's CUDA plugin and cuDNN")
+@needs_cuda_plugin
 def test_cudnn_attention_at_tinyllamas_shapes_lowers_for_cuda():
     """No GPU needed: JAX's own checks of the cuDNN call (GQA 32/4, head_dim 64, causal, bfloat16) run at trace
     time, so the GPU run's (a) cannot fail on the shapes themselves."""

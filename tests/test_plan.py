@@ -6,9 +6,8 @@ import sys
 import time
 
 import pytest
-from conftest import ROOT
+from conftest import ROOT, needs_cuda_plugin
 
-from jaxscale import runtime
 from jaxscale.config import ModelConfig
 from jaxscale.plan import activation_bytes, main
 
@@ -61,8 +60,6 @@ def test_activation_estimate_shrinks_with_remat_tensor_and_fewer_tokens():
     assert activation_bytes(cfg, 8192, 2048, tensor=1)[0] == pytest.approx(saved / 2)
 
 
-CUDA = runtime.has_cuda_plugin()
-needs_cuda_plugin = pytest.mark.skipif(not CUDA, reason="JAX's CUDA plugin is not installed (pip install 'jax[cuda12]')")
 SMALL_LLAMA = ["model.n_layers=2", "model.d_model=256", "model.n_heads=4", "model.n_kv_heads=2", "model.d_mlp=512",
                "data.seq_len=256"]
 

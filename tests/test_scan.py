@@ -10,8 +10,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from conftest import needs_cuda_plugin
 
-from jaxscale import runtime
 from jaxscale.config import ConfigError, ModelConfig, TrainConfig, expand
 from jaxscale.models import build_model
 from jaxscale.models import abstract_params
@@ -160,7 +160,7 @@ def test_remat_accepts_old_booleans_and_rejects_unknown_policies():
             jax.random.key(0), jnp.zeros((1, SEQ), jnp.int32))
 
 
-@pytest.mark.skipif(not runtime.has_cuda_plugin(), reason="tracing cuDNN attention needs JAX's CUDA plugin and cuDNN")
+@needs_cuda_plugin
 @pytest.mark.parametrize("policy, forward_kernels", [("none", 1), ("full", 2), ("dots", 1)])
 def test_dots_keeps_the_fused_attention(weights, monkeypatch, policy, forward_kernels):
     """With cuDNN's attention (traced here, not run), "dots" keeps its output instead of re-running the kernel."""

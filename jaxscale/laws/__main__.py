@@ -20,7 +20,7 @@ from jaxscale.laws.inference import (
     inference_optimal,
 )
 from jaxscale.laws.law import HOFFMANN, ChinchillaLaw
-from jaxscale.laws.table import InputError, numbers, read_csv, require_columns
+from jaxscale.laws.table import InputError, numbers, ok_rows, read_csv, require_columns
 
 ALL_DTYPES = sorted({dtype for dtypes in GPU_PEAK_FLOPS.values() for dtype in dtypes})
 
@@ -99,21 +99,21 @@ def run_fit(args) -> dict:
     """One fit; with several --params-col, {"conventions": {column: fit}} (the same runs, N counted each way)."""
     if Path(args.csv).is_dir():  # a sweep directory: its results.csv
         args.csv = str(Path(args.csv) / "results.csv")
+    columns, rows = read_csv(args.csv)
     counts = [c.strip() for c in args.params_col.split(",") if c.strip()]
     if len(counts) == 1:
-        return _run_fit(args, counts[0])
-    return {"conventions": {column: _run_fit(args, column) for column in counts}}
+        return _run_fit(args, columns, rows, counts[0])
+    return {"conventions": {column: _run_fit(args, columns, rows, column) for column in counts}}
 
 
-def _run_fit(args, params_col: str) -> dict:
+def _run_fit(args, columns: list[str], rows: list[dict[str, str]], params_col: str) -> dict:
     from jaxscale.laws.chinchilla import fit_chinchilla
 
-    columns, rows = read_csv(args.csv)
     tokens_col = args.tokens_col or (None if args.flops_col else "tokens")
     require_columns(args.csv, columns, [params_col, tokens_col or args.flops_col, args.loss_col])
     not_ok = 0
     if "status" in columns:  # a sweep's results.csv: failed runs have no final loss
-        ok = [row for row in rows if (row["status"] or "").strip() == "ok"]
+        ok = ok_rows(rows)
         rows, not_ok = ok, len(rows) - len(ok)
     params = numbers(args.csv, rows, params_col, positive=True)
     if tokens_col:

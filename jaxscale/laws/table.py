@@ -25,6 +25,11 @@ def read_csv(path) -> tuple[list[str], list[dict[str, str]]]:
     return columns, rows
 
 
+def ok_rows(rows: list[dict[str, str]]) -> list[dict[str, str]]:
+    """The rows of runs that finished: status "ok" (a sweep's results.csv)."""
+    return [row for row in rows if (row.get("status") or "").strip() == "ok"]
+
+
 def require_columns(path, columns: list[str], wanted: list[str]) -> None:
     for name in wanted:
         if name not in columns:
