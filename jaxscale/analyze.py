@@ -502,7 +502,7 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    from jaxscale.laws.__main__ import enable_compilation_cache
+    from jaxscale import runtime
 
-    enable_compilation_cache()
+    runtime.start()
     sys.exit(main())

@@ -333,6 +333,7 @@ def report(args, runs, notes, devices, peak: float, target: Target | None, start
 
 if __name__ == "__main__":
     os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {FAST_COMPILE}".strip()
+    runtime.start()
     if any(a.startswith("--target") for a in sys.argv[1:]) and not os.environ.get("JAX_PLATFORMS"):
         # it only compiles: with the host as the backend, the CUDA plugin skips looking for a GPU and a driver
         jax.config.update("jax_platforms", "cpu")

@@ -2,7 +2,8 @@
 
 `start()` runs first thing in each CLI, before JAX starts its backends: it turns on the persistent
 compilation cache and applies the CPU-only tunings (jaxscale.hostmem, jaxscale.xla_cpu) only when the
-step will run on the CPU. `resolve(config, hardware(devices), vocab_size)` replaces `model.attention =
+step will run on the CPU, where it also keeps an installed CUDA plugin from searching for a GPU that is
+not there. `resolve(config, hardware(devices), vocab_size)` replaces `model.attention =
 "auto"` and `train.loss = "auto"` with what runs on those devices — real ones, or the compile-only GPU
 devices of `python -m jaxscale.plan --target` — so nothing reads process state while a step is traced,
 and the choice is written into each run's config.json and summary.json.
@@ -23,14 +24,18 @@ from jaxscale.models.common import heads
 GPU_PLATFORMS = ("gpu", "cuda", "rocm")
 
 
-def expected_platform(environ=os.environ, nvidia_device="/dev/nvidiactl") -> str:
+NVIDIA_DEVICE_NODES = ("/dev/nvidiactl", "/dev/dxg")  # NVIDIA's Linux driver; WSL2's GPU
+GPU_DEVICE_NODES = (*NVIDIA_DEVICE_NODES, "/dev/kfd")  # and AMD's ROCm
+
+
+def expected_platform(environ=os.environ, nvidia_devices=NVIDIA_DEVICE_NODES) -> str:
     """"gpu" or "cpu" (or JAX_PLATFORMS' first other entry): where JAX will run, known before it starts —
     the CPU tunings must be set before its CPU backend and threads exist. JAX_PLATFORMS decides where set;
-    else a GPU is expected where the CUDA plugin is installed and the NVIDIA driver's device node exists."""
+    else a GPU is expected where the CUDA plugin is installed and an NVIDIA device node exists."""
     first = environ.get("JAX_PLATFORMS", "").split(",")[0].strip().lower()
     if first:
         return "gpu" if first in GPU_PLATFORMS else first
-    return "gpu" if has_cuda_plugin() and os.path.exists(nvidia_device) else "cpu"
+    return "gpu" if has_cuda_plugin() and any(os.path.exists(node) for node in nvidia_devices) else "cpu"
 
 
 def has_cuda_plugin() -> bool:
@@ -52,14 +57,26 @@ def enable_compilation_cache() -> None:
         jax.config.update("jax_compilation_cache_dir", str(compilation_cache_dir()))
 
 
-def start() -> str:
+def start(environ=os.environ, gpu_device_nodes=GPU_DEVICE_NODES) -> str:
     """Set up this process for jaxscale's steps; returns the expected platform."""
-    platform = expected_platform()
+    platform = expected_platform(environ)
     if platform == "cpu":
         hostmem.retain_freed_memory()
         xla_cpu.prefer_wide_vectors()
+        if pin_cpu(environ, gpu_device_nodes):
+            import jax
+
+            jax.config.update("jax_platforms", "cpu")
     enable_compilation_cache()
     return platform
+
+
+def pin_cpu(environ=os.environ, gpu_device_nodes=GPU_DEVICE_NODES) -> bool:
+    """The CUDA plugin is installed (e.g. for `plan --target`) but no GPU's device node exists: left to itself,
+    JAX would let the plugin search for a GPU and log its failure as a 20-line traceback before it falls back
+    to the CPU. Where JAX_PLATFORMS is set, or any GPU node exists, JAX decides as usual."""
+    return (not environ.get("JAX_PLATFORMS") and has_cuda_plugin()
+            and not any(os.path.exists(node) for node in gpu_device_nodes))
 
 
 @dataclasses.dataclass(frozen=True)

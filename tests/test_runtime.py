@@ -7,7 +7,7 @@ import subprocess
 import sys
 
 import pytest
-from conftest import ROOT
+from conftest import ROOT, needs_cuda_plugin
 
 from jaxscale import runtime
 from jaxscale.config import ConfigError, ModelConfig, expand, load_raw
@@ -24,10 +24,10 @@ def tinyllama():
 def test_expected_platform_follows_jax_platforms_then_the_driver(tmp_path):
     assert runtime.expected_platform({"JAX_PLATFORMS": "cpu"}) == "cpu"
     assert runtime.expected_platform({"JAX_PLATFORMS": "cuda,cpu"}) == "gpu"
-    assert runtime.expected_platform({}, nvidia_device=str(tmp_path / "none")) == "cpu"
+    assert runtime.expected_platform({}, nvidia_devices=(str(tmp_path / "none"),)) == "cpu"
     if runtime.has_cuda_plugin():  # plugin present and a driver node: a GPU is expected
         (tmp_path / "nvidiactl").touch()
-        assert runtime.expected_platform({}, nvidia_device=str(tmp_path / "nvidiactl")) == "gpu"
+        assert runtime.expected_platform({}, nvidia_devices=(str(tmp_path / "nvidiactl"),)) == "gpu"
 
 
 def test_no_jax_plugin_at_all_means_cpu(monkeypatch, tmp_path):
@@ -44,7 +44,28 @@ def test_no_jax_plugin_at_all_means_cpu(monkeypatch, tmp_path):
     monkeypatch.setattr(importlib.util, "find_spec", find_spec)
     (tmp_path / "nvidiactl").touch()  # even where a driver node exists
     assert not runtime.has_cuda_plugin()
-    assert runtime.expected_platform({}, nvidia_device=str(tmp_path / "nvidiactl")) == "cpu"
+    assert runtime.expected_platform({}, nvidia_devices=(str(tmp_path / "nvidiactl"),)) == "cpu"
+
+
+def test_cpu_is_pinned_only_where_the_cuda_plugin_has_no_gpu_to_find(tmp_path):
+    absent = (str(tmp_path / "nvidiactl"),)
+    assert runtime.pin_cpu({}, absent) == runtime.has_cuda_plugin()
+    assert not runtime.pin_cpu({"JAX_PLATFORMS": "cpu"}, absent)  # the user decided
+    (tmp_path / "kfd").touch()
+    assert not runtime.pin_cpu({}, (*absent, str(tmp_path / "kfd")))  # some GPU is there: JAX looks for it
+
+
+@needs_cuda_plugin
+@pytest.mark.skipif(any(os.path.exists(n) for n in runtime.GPU_DEVICE_NODES), reason="a GPU device node exists here")
+def test_a_cpu_box_with_the_cuda_plugin_starts_without_the_plugins_traceback():
+    # without the pin, JAX lets the plugin search for a GPU and logs "Jax plugin configuration error" with a
+    # traceback on stderr (the gpu-plan extra has no cuFFT; a full jax[cuda12] finds no driver)
+    code = "from jaxscale import runtime; runtime.start(); import jax; print(jax.devices()[0].platform)"
+    env = {k: v for k, v in os.environ.items() if k != "JAX_PLATFORMS"}
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "cpu"
+    assert "Traceback" not in done.stderr and "plugin" not in done.stderr.lower(), done.stderr
 
 
 def test_tinyllama_on_an_h100_gets_cudnn_attention_and_full_logits():

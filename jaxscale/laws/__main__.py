@@ -30,15 +30,6 @@ class OneLineParser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message}\n")
 
 
-def enable_compilation_cache() -> None:
-    """Keep compiled fitting kernels between command-line invocations (~/.cache/jaxscale/jax), unless the user has
-    chosen a cache already. Only the command-line entry points call this: it changes process-wide JAX config."""
-    import jax
-
-    if not jax.config.jax_compilation_cache_dir:
-        jax.config.update("jax_compilation_cache_dir", str(Path.home() / ".cache" / "jaxscale" / "jax"))
-
-
 def _law_arguments(parser):
     for name in ("E", "A", "B", "alpha", "beta"):
         default = getattr(HOFFMANN, name)
@@ -246,5 +237,7 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    enable_compilation_cache()
+    from jaxscale import runtime
+
+    runtime.start()
     sys.exit(main())
