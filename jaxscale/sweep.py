@@ -35,10 +35,34 @@ def run_path(out: Path, name: str) -> Path:
     return Path(out) / name
 
 
+def _tmp_path(path: Path) -> Path:
+    """A name beside `path` no other process writes, on any host sharing the directory."""
+    return path.with_name(f".{path.name}.{socket.gethostname()}.{os.getpid()}.tmp")
+
+
 def write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp = _tmp_path(path)
     tmp.write_text(text)
     tmp.replace(path)
+
+
+def create_once(path: Path, text: str) -> bool:
+    """Write `path` whole unless it exists, atomically, also where workers on several hosts start at once
+    (a hard link fails if the name is taken); False if another process created it first."""
+    tmp = _tmp_path(path)
+    tmp.write_text(text)
+    try:
+        os.link(tmp, path)
+        return True
+    except FileExistsError:
+        return False
+    finally:
+        tmp.unlink()
+
+
+def _being_created(entry: Path) -> bool:
+    """sweep.json half-written by a worker that started a moment before this one."""
+    return entry.name.startswith(".sweep.json.") and entry.name.endswith(".tmp")
 
 
 def _pid_alive(pid: int) -> bool:
@@ -81,16 +105,20 @@ class Sweep:
         marker = self.out / "sweep.json"
         if self.out.exists() and not self.out.is_dir():
             raise ConfigError(f"--out {self.out}: exists and is not a directory; choose another --out")
-        if self.out.exists() and any(self.out.iterdir()):
-            if not marker.is_file() or _sweep_config(marker) != raw:
-                raise ConfigError(f"output directory {self.out} already holds other results; "
-                                  "choose another --out or remove it")
-        else:
+        other_results = ConfigError(f"output directory {self.out} already holds other results; "
+                                    "choose another --out or remove it")
+        if not marker.is_file():
+            # a worker of this sweep creates sweep.json before anything else: look again after listing
+            if (self.out.exists() and not all(_being_created(entry) for entry in self.out.iterdir())
+                    and not marker.is_file()):
+                raise other_results
             self.out.mkdir(parents=True, exist_ok=True)
             order = runs[0].config.sweep if runs else None
-            write_atomic(marker, json.dumps({"config": raw, "order": order.order if order else "sequential",
-                                             "order_seed": order.seed if order else 0,
-                                             "runs": [r.run_id for r in runs]}, indent=2))
+            create_once(marker, json.dumps({"config": raw, "order": order.order if order else "sequential",
+                                            "order_seed": order.seed if order else 0,
+                                            "runs": [r.run_id for r in runs]}, indent=2))
+        if _sweep_config(marker) != raw:  # also where a worker of another sweep created it a moment before
+            raise other_results
         self.claims.mkdir(exist_ok=True)
         for left in self.claims.glob(".*.stale.*"):  # renamed away by an older version that kept them
             with contextlib.suppress(FileNotFoundError):
@@ -210,7 +238,7 @@ class Sweep:
             states = [{"run_id": r.run_id, "state": self.state(r.run_id)} for r in self.runs]
             write_atomic(self.out / "manifest.json", json.dumps({"runs": states}, indent=2))
             summaries = self.summaries()
-            tmp = self.out / f".results.{os.getpid()}.tmp"
+            tmp = _tmp_path(self.out / "results.csv")
             with open(tmp, "w", newline="") as f:
                 writer = csv.DictWriter(f, fieldnames=RESULT_COLUMNS, extrasaction="ignore")
                 writer.writeheader()

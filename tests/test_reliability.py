@@ -178,6 +178,46 @@ def test_a_claim_torn_by_a_kill_is_taken_over_once_it_is_old(tmp_path):
     assert sweep.claim(runs[0].run_id) and not sweep.claim(runs[1].run_id)
 
 
+# --- 7b. workers starting together (a SLURM array) ------------------------------------------------------------
+def test_workers_starting_together_all_open_the_sweep(tmp_path, monkeypatch):
+    raw = load_raw(write(tmp_path, PLAIN))
+    runs, out = expand(raw), tmp_path / "out"
+    out.mkdir()
+    (out / ".sweep.json.otherhost.4242.tmp").write_text('{"conf')  # a worker a moment ahead, mid-write
+    Sweep(out, raw, runs)
+    # one that lists the directory just after another worker created sweep.json and claims/ in it
+    out2, listed = tmp_path / "out2", []
+    real_iterdir = type(out2).iterdir
+
+    def iterdir(self):
+        if self == out2 and not listed:
+            listed.append(True)
+            Sweep(out2, raw, runs)
+        return real_iterdir(self)
+
+    out2.mkdir()
+    (out2 / ".sweep.json.otherhost.4242.tmp").write_text("")
+    monkeypatch.setattr(type(out2), "iterdir", iterdir)
+    Sweep(out2, raw, runs)
+    assert listed and json.loads((out2 / "sweep.json").read_text())["config"] == raw
+
+
+def test_a_worker_of_another_sweep_creating_the_directory_first_is_still_an_error(tmp_path, monkeypatch):
+    raw = load_raw(write(tmp_path, PLAIN))
+    runs, out = expand(raw), tmp_path / "out"
+    real_create_once = sweeps.create_once
+
+    def beaten(path, text):  # another sweep's worker writes sweep.json between our look and our write
+        real_create_once(path, json.dumps({"config": {**raw, "name": "other"}}))
+        return real_create_once(path, text)
+
+    monkeypatch.setattr(sweeps, "create_once", beaten)
+    with pytest.raises(ConfigError, match="already holds other results"):
+        Sweep(out, raw, runs)
+    assert json.loads((out / "sweep.json").read_text())["config"]["name"] == "other"  # theirs, not overwritten
+    assert sorted(p.name for p in out.iterdir()) == ["sweep.json"]
+
+
 # --- 8. the resume command --------------------------------------------------------------------------------------
 def test_the_printed_resume_command_is_shell_quoted(tmp_path, monkeypatch, capsys):
     (tmp_path / "my configs").mkdir()
