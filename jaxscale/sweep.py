@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 from jaxscale.config import NAME_RULE, SAFE_NAME, ConfigError, RunSpec
+from jaxscale.files import create_once, replacing, write_atomic
 
 RESULT_COLUMNS = [
     "run_id", "model", "d_model", "d_mlp", "n_layers", "n_params", "n_params_nonembed", "tokens", "flops",
@@ -33,31 +34,6 @@ def run_path(out: Path, name: str) -> Path:
     if not SAFE_NAME.fullmatch(name):
         raise ConfigError(f"{name!r} cannot name a directory inside {out}; allowed: {NAME_RULE}")
     return Path(out) / name
-
-
-def _tmp_path(path: Path) -> Path:
-    """A name beside `path` no other process writes, on any host sharing the directory."""
-    return path.with_name(f".{path.name}.{socket.gethostname()}.{os.getpid()}.tmp")
-
-
-def write_atomic(path: Path, text: str) -> None:
-    tmp = _tmp_path(path)
-    tmp.write_text(text)
-    tmp.replace(path)
-
-
-def create_once(path: Path, text: str) -> bool:
-    """Write `path` whole unless it exists, atomically, also where workers on several hosts start at once
-    (a hard link fails if the name is taken); False if another process created it first."""
-    tmp = _tmp_path(path)
-    tmp.write_text(text)
-    try:
-        os.link(tmp, path)
-        return True
-    except FileExistsError:
-        return False
-    finally:
-        tmp.unlink()
 
 
 def _being_created(entry: Path) -> bool:
@@ -238,11 +214,9 @@ class Sweep:
             states = [{"run_id": r.run_id, "state": self.state(r.run_id)} for r in self.runs]
             write_atomic(self.out / "manifest.json", json.dumps({"runs": states}, indent=2))
             summaries = self.summaries()
-            tmp = _tmp_path(self.out / "results.csv")
-            with open(tmp, "w", newline="") as f:
+            with replacing(self.out / "results.csv") as tmp, open(tmp, "w", newline="") as f:
                 writer = csv.DictWriter(f, fieldnames=RESULT_COLUMNS, extrasaction="ignore")
                 writer.writeheader()
                 for s in summaries:
                     writer.writerow({k: "" if s.get(k) is None else s.get(k) for k in RESULT_COLUMNS})
-            tmp.replace(self.out / "results.csv")
         return summaries

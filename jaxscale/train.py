@@ -31,12 +31,13 @@ from jaxscale.data.loader import Budget, eval_batches, plan_budget, train_datase
 from jaxscale.energy import Sampler, measure_idle, open_meter
 from jaxscale.energy.meters import gpus_of
 from jaxscale.events import open_events
+from jaxscale.files import write_atomic
 from jaxscale.models import build_model, count_params, flops_per_token
 from jaxscale.precheck import Prepared, check_sweep, mesh_for, prepare_data
 from jaxscale.progress import Progress
 from jaxscale.runbook import RunBook
 from jaxscale.step import abstract_state, compiled_steps, init_state, schedule_array, step_key
-from jaxscale.sweep import Sweep, run_path, write_atomic
+from jaxscale.sweep import Sweep, run_path
 
 
 class Interrupted(Exception):

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from jaxscale.config import ConfigError, DataConfig
+from jaxscale.files import write_atomic
 
 SPLITS = ("train", "valid", "test")
 _FILE_NAMES = {  # WikiText raw layout first, then plain names
@@ -104,9 +105,7 @@ def stdlib_docstrings() -> Corpus:
         return Corpus(name=name, splits=json.loads(cached.read_text()))
     corpus = Corpus(name=name, splits=_harvest(root))
     cached.parent.mkdir(parents=True, exist_ok=True)
-    tmp = cached.with_suffix(f".{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(corpus.splits))
-    tmp.replace(cached)
+    write_atomic(cached, json.dumps(corpus.splits))
     return corpus
 
 

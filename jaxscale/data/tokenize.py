@@ -3,7 +3,6 @@ train split) and the on-disk token cache shared by every run of a sweep."""
 from __future__ import annotations
 
 import hashlib
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -12,6 +11,7 @@ import numpy as np
 
 from jaxscale.config import ConfigError, TokenizerConfig
 from jaxscale.data.corpora import SPLITS, Corpus, cache_root
+from jaxscale.files import replacing
 
 
 @dataclass(frozen=True)
@@ -65,9 +65,8 @@ def trained_bpe(corpus: Corpus, vocab_size: int) -> Tokenizer:
         bpe.train_from_iterator(corpus.splits["train"].splitlines(keepends=True), vocab_size=vocab_size,
                                 min_frequency=2, show_progress=False)
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
-        bpe.save(str(tmp))
-        tmp.replace(path)
+        with replacing(path) as tmp:  # a worker beside this one may be saving the same tokenizer
+            bpe.save(str(tmp))
         tok = HFTokenizer.from_file(str(path))
     encode = lambda lines: [e.ids for e in tok.encode_batch(lines)]  # noqa: E731
     return Tokenizer(f"bpe{vocab_size}", tok.get_vocab_size(), _file_digest(path), encode)
@@ -81,8 +80,7 @@ def token_splits(corpus: Corpus, tokenizer: Tokenizer) -> dict[str, np.ndarray]:
         path = directory / f"{split}.npy"
         if not path.is_file():
             directory.mkdir(parents=True, exist_ok=True)
-            tmp = directory / f"{split}.{os.getpid()}.tmp.npy"
-            np.save(tmp, tokenizer.encode(corpus.splits[split]))
-            tmp.replace(path)  # atomic: concurrent sweeps never read half a file
+            with replacing(path) as tmp, open(tmp, "wb") as f:  # concurrent sweeps never read half a file
+                np.save(f, tokenizer.encode(corpus.splits[split]))
         arrays[split] = np.load(path, mmap_mode="r")
     return arrays
