@@ -43,11 +43,9 @@ The check needs jax (with its CUDA plugin), flax, optax, numpy, scipy, nvidia-ml
 not grain, orbax, tokenizers or sentencepiece (it imports nothing from jaxscale.data or jaxscale.checkpoint; the
 test runs it with those hidden). A GPU machine that cannot download but has those (e.g. this workplace's H200
 image: Python 3.12, jax 0.11 with jax-cuda13-plugin, torch 2.11+cu130) runs it as it is. To run jaxscale.train
-there too, bring grain's wheels, made on a machine with the internet:
+there too, bring grain's wheels, made on a machine with the internet (4.4 MB):
 
-    python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \\
-        --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \\
-        -d .whl grain==0.2.18 array-record==0.8.6 portpicker==1.6.0
+    bash tools/gpu_wheels.sh .whl 3.12
 
 (grain's own needs — `unzip -p .whl/grain-*.whl '*/METADATA' | grep ^Requires-Dist` — are absl-py,
 array-record, cloudpickle, etils[epath,epy], numpy, portpicker and protobuf; array-record needs absl-py and

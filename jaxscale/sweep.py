@@ -123,8 +123,8 @@ class Sweep:
         if self.writer:
             with contextlib.suppress(FileNotFoundError):
                 path.replace(aside)
-        print(f"warning: {path} is damaged ({problem}); moved to {aside.name}, run {run_id} will be trained again",
-              file=sys.stderr)
+        moved = f"moved to {aside.name}, " if self.writer else ""
+        print(f"warning: {path} is damaged ({problem}); {moved}run {run_id} will be trained again", file=sys.stderr)
         return None
 
     def state(self, run_id: str) -> str:
