@@ -66,16 +66,15 @@ def trained_steps(spec: RunSpec, branch: Branch | None) -> int:
 
 def worker_share(runs: list[RunSpec], branches: dict[str, Branch], worker: tuple[int, int],
                  flops: Callable[[RunSpec], float]) -> list[RunSpec]:
-    """The runs `--worker I/N` trains, in sweep order. Without branch groups: every N-th run from I. With them,
-    each group (a trunk and its branches) goes to one worker, so no branch waits on another worker's trunk, and
-    the groups (and any other runs) are dealt heaviest first to the worker with the least compute so far:
-    every N-th run would give one worker every trunk whenever N divides the number of budgets. With more
-    workers than groups, trunks and branches are dealt one by one instead (a branch then waits for its trunk's
-    checkpoint where another worker trains it), so no worker is left without runs. `flops(spec)`: a run's
-    training FLOPs per step, so a unit's weight is its steps trained x that."""
+    """The runs `--worker I/N` trains, in sweep order: runs (or, in a branched sweep, whole groups of a trunk and
+    its branches, so no branch waits on another worker's trunk) are dealt heaviest first to the worker with the
+    least compute so far. Every N-th run would give one worker every largest budget whenever N divides the
+    number of budgets (the tiny grid's 8 workers: the busiest 4.0x an even share); runs of equal weight are
+    still dealt every N-th from I. With more workers than groups, trunks and branches are dealt one by one
+    instead (a branch then waits for its trunk's checkpoint where another worker trains it), so no worker is
+    left without runs. `flops(spec)`: a run's training FLOPs per step, so a unit's weight is its steps trained
+    x that."""
     index, count = worker
-    if not branches:
-        return [r for i, r in enumerate(runs) if i % count == index]
     split = count > len({b.trunk for b in branches.values()})
     units: dict[str, list[RunSpec]] = {}
     for spec in runs:

@@ -538,7 +538,7 @@ def parse_args(argv):
     parser = argparse.ArgumentParser(prog="python -m jaxscale.train", description=__doc__.splitlines()[0])
     parser.add_argument("--config", required=True, help="TOML config; lists are sweep axes")
     parser.add_argument("--out", help="sweep directory (default: runs/<config name>)")
-    parser.add_argument("--worker", default="0/1", help="I/N: take every N-th run starting at I (e.g. a SLURM array task)")
+    parser.add_argument("--worker", default="0/1", help="I/N: worker I of N (e.g. a SLURM array task) takes its share, balanced by compute")
     parser.add_argument("--quiet", action="store_true", help="one line per run instead of a progress display")
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="e.g. train.tokens=1e4 data.path=DIR")
     return parser.parse_args(argv)

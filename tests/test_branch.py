@@ -9,7 +9,7 @@ import sys
 import pytest
 
 from conftest import ROOT
-from jaxscale.branch import plan_branches, worker_share
+from jaxscale.branch import plan_branches, steps_of, worker_share
 from jaxscale.config import ConfigError, expand
 
 CONFIG = """
@@ -135,8 +135,24 @@ def test_workers_get_whole_groups_balanced_by_compute():
     widths = [{r.config.model.d_model for r in share} for share in shares]
     assert widths == [{48}, {16, 32}] and [len(s) for s in shares] == [4, 8]
     assert [r.run_id for r in shares[1]] == [r.run_id for r in runs if r.config.model.d_model != 48]  # sweep order
-    assert worker_share(runs, {}, (1, 2), flops) == runs[1::2]  # no groups: every N-th run, as before
     assert sorted(r.run_id for r in worker_share(runs, branches, (0, 1), flops)) == sorted(r.run_id for r in runs)
+
+
+def test_plain_runs_are_dealt_by_compute_and_equal_ones_every_nth():
+    """No branches: the tiny grid's order (each model's budgets in turn) dealt every N-th gives one of 4 workers
+    every largest budget. Two shapes (16 and 32 FLOPs a step) x 10, 20, 30, 40 steps weigh 160, 320, 480, 640 and
+    320, 640, 960, 1,280; every 4th run would load the workers 480, 960, 1,440, 1,920. Dealt heaviest first (ties in
+    sweep order) to the least loaded (ties to the lowest index): 1,280 | 960 | 640 | 640, then 480 to worker 2,
+    320 (d16) to 3, 320 (d32) to 1, 160 to 3: loads 1,280, 1,280, 1,120, 1,120."""
+    raw = {"name": "x", "data": {"seq_len": 16}, "model": [{"d_model": d} for d in (16, 32)],
+           "train": {"tokens": [1280, 2560, 3840, 5120], "batch_size": 8}}  # fmt: skip
+    runs = expand(raw)
+    flops = lambda spec: spec.config.model.d_model  # noqa: E731
+    weights = [sorted(steps_of(r) * flops(r) for r in worker_share(runs, {}, (i, 4), flops)) for i in range(4)]
+    assert weights == [[1280], [320, 960], [480, 640], [160, 320, 640]]
+    repeated = expand({**raw, "model": {"d_model": 16}, "train": {**raw["train"], "tokens": 1280},
+                       "sweep": {"repetitions": 5}})
+    assert [worker_share(repeated, {}, (i, 2), flops) for i in range(2)] == [repeated[0::2], repeated[1::2]]
 
 
 def test_more_workers_than_groups_split_the_groups():

@@ -168,11 +168,13 @@ def test_two_workers_share_a_sweep_without_training_a_run_twice(tmp_path):
     assert len(results(out)) == 4
 
 
-def test_worker_split_takes_every_nth_run(tmp_path):
+def test_worker_split_balances_the_tokens(tmp_path):
+    # one model, budgets 1,024 / 2,048 / 4,096 / 6,144 tokens dealt largest first to the less loaded worker:
+    # 6,144 + 1,024 and 4,096 + 2,048 (7,168 each), where every other run would give worker 1 8,192 against 5,120
     config, out = tmp_path / "sweep.toml", tmp_path / "sweep"
     config.write_text(SWEEP.format(every=0))
     finish(config, out, "--worker", "1/2")
-    assert [r["run_id"] for r in results(out)] == ["001-tokens2048", "003-tokens6144"]
+    assert [r["run_id"] for r in results(out)] == ["001-tokens2048", "002-tokens4096"]
 
 
 def test_diverging_run_is_marked_failed_and_the_sweep_goes_on(tmp_path):
