@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
+from jaxscale.files import write_atomic
 from jaxscale.laws import efficiency, plots
 from jaxscale.laws.chinchilla import fit_chinchilla
 from jaxscale.laws.frontier import compute_optimal_points, envelope, fit_power_law, frontier_points, isoflop_optima
@@ -463,8 +464,8 @@ def write_report(sweep_dir: Path, *, bootstrap: int = 4000, seed: int = 0, vocab
     runs = load_runs(sweep_dir)
     report = sweep_dir / "report.md"
     if len(runs.model) == 0:
-        report.write_text(f"# Sweep report: {sweep_dir.name}\n\nNo runs with status ok ({runs.n_failed} failed, "
-                          f"{runs.n_incomplete} incomplete): nothing to analyse.\n")  # fmt: skip
+        write_atomic(report, f"# Sweep report: {sweep_dir.name}\n\nNo runs with status ok ({runs.n_failed} failed, "
+                             f"{runs.n_incomplete} incomplete): nothing to analyse.\n")  # fmt: skip
         return report
     plots_dir = sweep_dir / "plots"
     plots_dir.mkdir(exist_ok=True)
@@ -476,7 +477,7 @@ def write_report(sweep_dir: Path, *, bootstrap: int = 4000, seed: int = 0, vocab
     lines += hardware_section(runs, law)
     lines += conventions_section(runs)
     lines += repeated_section(runs, plots_dir, vocab_size, include_eval)
-    report.write_text("\n".join(lines).rstrip() + "\n")
+    write_atomic(report, "\n".join(lines).rstrip() + "\n")  # two workers finishing together may both write it
     return report
 
 

@@ -156,6 +156,16 @@ class Sweep:
             return not _pid_alive(owner.get("pid", -1))
         return age > STALE_CLAIM_S
 
+    def claim_owner(self, run_id: str) -> dict | None:
+        """Who holds the run's claim (host, pid, since) and its heartbeat's age in seconds, or None."""
+        claim = self.claims / f"{run_id}.claim"
+        try:
+            owner = json.loads(claim.read_text())
+            age = time.time() - claim.stat().st_mtime
+        except (OSError, ValueError):
+            return None
+        return {**owner, "heartbeat_s_ago": age} if isinstance(owner, dict) else None
+
     def claim(self, run_id: str) -> bool:
         """Atomically take a run: O_EXCL creation decides between racing workers; a stale claim
         is first renamed away (only one racer's rename succeeds)."""

@@ -37,7 +37,7 @@ from jaxscale.precheck import Prepared, check_sweep, mesh_for, prepare_data
 from jaxscale.progress import Progress
 from jaxscale.runbook import RunBook
 from jaxscale.step import abstract_state, compiled_steps, init_state, schedule_array, step_key
-from jaxscale.sweep import Sweep, run_path
+from jaxscale.sweep import STALE_CLAIM_S, Sweep, run_path
 
 
 class Interrupted(Exception):
@@ -117,6 +117,7 @@ def open_process_meter(kind: str):
 
 
 TRUNK_GRACE_S = 60.0  # how long a branch waits for the worker whose share holds its unstarted trunk
+HELD_POLL_S = 10.0  # how often a worker done with its share looks again at its runs that other workers' claims hold
 ENERGY_ACROSS_PROCESSES = ("energy_j", "energy_above_idle_j", "idle_power_w", "power_peak_w")
 
 
@@ -497,13 +498,34 @@ def run_sweep(raw: dict, out: Path, worker: tuple[int, int] = (0, 1), quiet: boo
             if stop.received:
                 raise Interrupted(f"{stop.received} while waiting for trunk {branch.trunk}")
 
+    def train_share() -> None:
+        """This worker's share, to its end. Runs that another worker's claim holds are waited for until they end,
+        or until the claim goes stale (its worker died, e.g. killed at a time limit) and they are trained here: a
+        resubmitted array task must not exit with its share undone. A multi-host job takes no claims: one pass."""
+        told = set()
+        while True:
+            for spec in sorted(sweep.pending(share), key=trunks_first):  # again: claims gone stale meanwhile
+                if stop.received:
+                    raise Interrupted(f"{stop.received} between runs")
+                train(spec)
+            held = [s for s in share if sweep.state(s.run_id) == "running"] if sweep.claiming else []
+            if not held:
+                return
+            for spec in held:
+                if spec.run_id not in told:
+                    told.add(spec.run_id)
+                    owner = sweep.claim_owner(spec.run_id) or {}
+                    print(f"{spec.run_id}: claimed by {owner.get('host', '?')} pid {owner.get('pid', '?')}; waiting "
+                          f"for it to end (taken over here if that worker sends no heartbeat for "
+                          f"{STALE_CLAIM_S:.0f} s)", file=sys.stderr)
+            time.sleep(HELD_POLL_S)
+            if stop.received:
+                raise Interrupted(f"{stop.received} while waiting for runs claimed by other workers")
+
     trunks_first = lambda spec: 0 if spec.run_id not in branches or branches[spec.run_id].is_trunk else 1  # noqa: E731
 
     with StopSignals() as stop:
-        for spec in sorted(sweep.pending(share), key=trunks_first):
-            if stop.received:
-                raise Interrupted(f"{stop.received} between runs")
-            train(spec)
+        train_share()
     for meter in meters.values():
         meter.close()
     summaries = sweep.update()

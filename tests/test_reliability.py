@@ -5,6 +5,8 @@ import shlex
 import socket
 import subprocess
 import sys
+import threading
+import time
 
 import pytest
 
@@ -12,6 +14,7 @@ from conftest import ROOT
 from jaxscale import train
 from jaxscale.config import ConfigError, expand, load_raw
 from jaxscale import sweep as sweeps
+from jaxscale.files import write_atomic
 from jaxscale.sweep import Sweep
 
 TINY = """
@@ -176,6 +179,61 @@ def test_a_claim_torn_by_a_kill_is_taken_over_once_it_is_old(tmp_path):
     os.utime(claims[0], (0, 0))
     assert sweep.state(runs[0].run_id) == "pending" and sweep.state(runs[1].run_id) == "running"
     assert sweep.claim(runs[0].run_id) and not sweep.claim(runs[1].run_id)
+
+
+def claimed_elsewhere(sweep, run_id, host="node07", pid=4242):
+    (sweep.claims / f"{run_id}.claim").write_text(json.dumps({"host": host, "pid": pid, "since": time.time()}))
+
+
+def test_a_worker_takes_over_its_run_once_the_claim_of_a_dead_worker_goes_stale(tmp_path, monkeypatch, capsys):
+    # node07's worker heartbeats the run's claim until this worker has trained the other run, then dies (killed
+    # at a time limit, say): this worker waits, and takes the run over once the claim is stale
+    monkeypatch.setattr(sweeps, "STALE_CLAIM_S", 1.0)
+    monkeypatch.setattr(train, "HELD_POLL_S", 0.2)
+    raw = load_raw(write(tmp_path, PLAIN))
+    runs, out = expand(raw), tmp_path / "out"
+    sweep = Sweep(out, raw, runs)
+    claimed_elsewhere(sweep, runs[0].run_id)
+
+    def heartbeat_then_die():
+        deadline = time.monotonic() + 120  # a worker that raised leaves no summary to wait for
+        while not sweep.summary_path(runs[1].run_id).is_file() and time.monotonic() < deadline:
+            os.utime(sweep.claims / f"{runs[0].run_id}.claim")
+            time.sleep(0.05)
+
+    thread = threading.Thread(target=heartbeat_then_die)
+    thread.start()
+    summaries = train.run_sweep(raw, out, quiet=True)
+    thread.join()
+    assert sorted(s["run_id"] for s in summaries) == sorted(r.run_id for r in runs)
+    assert all(s["status"] == "ok" for s in summaries)
+    assert f"{runs[0].run_id}: claimed by node07 pid 4242; waiting" in capsys.readouterr().err
+    assert (out / "report.md").is_file()
+
+
+def test_a_worker_waits_for_its_run_that_a_live_worker_is_training(tmp_path, monkeypatch):
+    monkeypatch.setattr(train, "HELD_POLL_S", 0.2)
+    raw = load_raw(write(tmp_path, PLAIN))
+    runs, out = expand(raw), tmp_path / "out"
+    sweep = Sweep(out, raw, runs)
+    held, other = runs[0].run_id, runs[1].run_id
+    claimed_elsewhere(sweep, held, socket.gethostname(), os.getpid())  # alive: never stale
+
+    def the_other_worker():  # finishes its run only after this worker has finished everything else
+        deadline = time.monotonic() + 120
+        while not sweep.summary_path(other).is_file() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        time.sleep(1.0)
+        sweep.run_dir(held).mkdir(exist_ok=True)
+        write_atomic(sweep.summary_path(held), json.dumps({"run_id": held, "status": "ok", "eval_loss": 1.0}))
+        sweep.release(held)
+
+    thread = threading.Thread(target=the_other_worker)
+    thread.start()
+    summaries = {s["run_id"]: s for s in train.run_sweep(raw, out, quiet=True)}
+    thread.join()
+    assert set(summaries) == {held, other} and summaries[held]["eval_loss"] == 1.0  # waited, did not train it
+    assert not (sweep.run_dir(held) / "metrics.jsonl").exists()
 
 
 # --- 7b. workers starting together (a SLURM array) ------------------------------------------------------------

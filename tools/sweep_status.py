@@ -12,26 +12,21 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import time
 from pathlib import Path
 
 from jaxscale.sweep import STALE_CLAIM_S, Sweep
 
 
-def run_status(sweep: Sweep, run_id: str, now: float) -> dict:
+def run_status(sweep: Sweep, run_id: str) -> dict:
     summary = sweep.summary(run_id)
     state = summary["status"] if summary else sweep.state(run_id)
     row = {"run_id": run_id, "state": state}
     if summary:
         row.update({k: summary.get(k) for k in ("eval_loss", "wall_s", "failed_step", "reason")
                     if summary.get(k) is not None})
-    claim = sweep.claims / f"{run_id}.claim"
-    try:
-        owner = json.loads(claim.read_text())
+    if owner := sweep.claim_owner(run_id):
         row["claim"] = {"host": owner.get("host"), "pid": owner.get("pid"),
-                        "heartbeat_s_ago": round(now - claim.stat().st_mtime, 1), "stale": state != "running"}
-    except (OSError, ValueError, AttributeError):
-        pass
+                        "heartbeat_s_ago": round(owner["heartbeat_s_ago"], 1), "stale": state != "running"}
     run_dir = sweep.run_dir(run_id)
     steps = [int(p.name) for p in (run_dir / "checkpoints").glob("*") if p.name.isdigit()]
     if steps:
@@ -73,8 +68,7 @@ def main(argv=None) -> int:
               "give the --out of python -m jaxscale.train", file=sys.stderr)
         return 2
     sweep = Sweep(args.sweep_dir, {}, [], writer=False)  # reads only: moves nothing, writes nothing
-    now = time.time()
-    rows = [run_status(sweep, run_id, now) for run_id in run_ids]
+    rows = [run_status(sweep, run_id) for run_id in run_ids]
     counts = {s: n for s in ("ok", "failed", "running", "interrupted", "pending")
               if (n := sum(r["state"] == s for r in rows))}
     if args.json:

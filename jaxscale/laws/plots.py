@@ -7,13 +7,15 @@ from pathlib import Path
 import numpy as np
 from matplotlib.figure import Figure
 
+from jaxscale.files import replacing
 from jaxscale.laws.frontier import Envelope, Frontier, PowerLaw
 from jaxscale.laws.law import ChinchillaLaw
 
 
 def _save(fig: Figure, path: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120, bbox_inches="tight")
+    with replacing(path) as tmp:  # two workers finishing a sweep together may both draw it
+        fig.savefig(tmp, format=path.suffix.lstrip("."), dpi=120, bbox_inches="tight")
     return path
 
 
