@@ -41,5 +41,11 @@ def create_once(path: Path, text: str) -> bool:
         return True
     except FileExistsError:
         return False
+    except OSError:  # a file system without hard links (some FUSE mounts): not atomic, as good as it gets there
+        if path.exists():
+            return False
+        tmp.replace(path)
+        return True
     finally:
-        tmp.unlink()
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()

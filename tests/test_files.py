@@ -32,3 +32,13 @@ def test_two_hosts_with_the_same_pid_write_different_temporaries(tmp_path, monke
         monkeypatch.setattr(socket, "gethostname", lambda host=host: host)
         names.add(files.tmp_beside(path))
     assert len(names) == 2 and all(p.parent == tmp_path and p.name.startswith(".train.npy.") for p in names)
+
+
+def test_create_once_without_hard_links_still_creates_once(tmp_path, monkeypatch):
+    def no_links(src, dst):
+        raise PermissionError(1, "Operation not permitted")  # what a FUSE mount without links answers
+
+    monkeypatch.setattr(files.os, "link", no_links)
+    path = tmp_path / "sweep.json"
+    assert files.create_once(path, "first") and not files.create_once(path, "second")
+    assert path.read_text() == "first" and [p.name for p in tmp_path.iterdir()] == ["sweep.json"]

@@ -26,7 +26,8 @@ def run_status(sweep: Sweep, run_id: str) -> dict:
                     if summary.get(k) is not None})
     if owner := sweep.claim_owner(run_id):
         row["claim"] = {"host": owner.get("host"), "pid": owner.get("pid"),
-                        "heartbeat_s_ago": round(owner["heartbeat_s_ago"], 1), "stale": state != "running"}
+                        "heartbeat_s_ago": round(owner["heartbeat_s_ago"], 1),
+                        "stale": state in ("pending", "interrupted")}
     run_dir = sweep.run_dir(run_id)
     steps = [int(p.name) for p in (run_dir / "checkpoints").glob("*") if p.name.isdigit()]
     if steps:
