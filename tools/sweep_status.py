@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import signal
 import sys
 from pathlib import Path
 
@@ -61,6 +62,7 @@ def main(argv=None) -> int:
     parser.add_argument("sweep_dir", type=Path)
     parser.add_argument("--json", action="store_true", help="one JSON object: {'runs': [...], 'counts': {...}}")
     args = parser.parse_args(argv)
+    signal.signal(signal.SIGPIPE, signal.SIG_DFL)  # `| head` ends the listing quietly
     marker = args.sweep_dir / "sweep.json"
     try:
         run_ids = json.loads(marker.read_text())["runs"]
