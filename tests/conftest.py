@@ -1,4 +1,5 @@
 import os
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -18,6 +19,13 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def needs_shared(path: Path):
     return pytest.mark.skipif(not path.exists(), reason=f"{path} not present (../shared beside the checkout)")
+
+
+def dead_pid() -> int:
+    """The pid of a process that has exited: a claim's owner that died on this host."""
+    proc = subprocess.Popen(["true"])
+    proc.wait()
+    return proc.pid
 
 
 # compiling or tracing for CUDA (cuDNN attention among it) needs the plugin, not a GPU

@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from conftest import ROOT
+from conftest import ROOT, dead_pid
 from jaxscale import train
 from jaxscale.config import ConfigError, expand, load_raw
 from jaxscale import sweep as sweeps
@@ -149,12 +149,6 @@ def test_out_that_is_a_file_or_cannot_be_written_is_exit_2(tmp_path):
 
 
 # --- 7. stale claims ------------------------------------------------------------------------------------------
-def dead_pid() -> int:
-    proc = subprocess.Popen(["true"])
-    proc.wait()
-    return proc.pid
-
-
 def test_stale_claims_are_taken_over_without_leaving_files(tmp_path):
     raw = load_raw(write(tmp_path, PLAIN))
     runs = expand(raw)

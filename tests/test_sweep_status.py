@@ -5,20 +5,13 @@ import socket
 import subprocess
 import sys
 
-from conftest import ROOT
+from conftest import ROOT, dead_pid
 
-from jaxscale.config import expand, load_raw
+from jaxscale.config import expand
 from jaxscale.sweep import Sweep
 
-CONFIG = """
-[data]
-seq_len = 16
-[tokenizer]
-vocab_size = 256
-[train]
-batch_size = 4
-tokens = [512, 1024, 2048, 4096, 8192]
-"""
+RAW = {"name": "status", "data": {"seq_len": 16}, "tokenizer": {"vocab_size": 256},
+       "train": {"tokens": [512, 1024, 2048, 4096, 8192], "batch_size": 4}}
 
 
 def status(out, *extra):
@@ -26,15 +19,8 @@ def status(out, *extra):
                           capture_output=True, text=True, timeout=120)
 
 
-def dead_pid() -> int:
-    proc = subprocess.Popen(["true"])
-    proc.wait()
-    return proc.pid
-
-
 def test_every_state_a_worker_would_see(tmp_path):
-    (tmp_path / "c.toml").write_text(CONFIG)
-    raw = load_raw(tmp_path / "c.toml")
+    raw = RAW
     runs = expand(raw)
     out = tmp_path / "out"
     sweep = Sweep(out, raw, runs)
