@@ -57,13 +57,13 @@ def enable_compilation_cache() -> None:
         jax.config.update("jax_compilation_cache_dir", str(compilation_cache_dir()))
 
 
-def start(environ=os.environ, gpu_device_nodes=GPU_DEVICE_NODES) -> str:
+def start() -> str:
     """Set up this process for jaxscale's steps; returns the expected platform."""
-    platform = expected_platform(environ)
+    platform = expected_platform()
     if platform == "cpu":
         hostmem.retain_freed_memory()
         xla_cpu.prefer_wide_vectors()
-        if pin_cpu(environ, gpu_device_nodes):
+        if pin_cpu():
             import jax
 
             jax.config.update("jax_platforms", "cpu")
