@@ -5,6 +5,7 @@ import socket
 import subprocess
 import sys
 
+import pytest
 from conftest import ROOT, dead_pid
 
 from jaxscale.config import expand
@@ -52,7 +53,10 @@ def test_every_state_a_worker_would_see(tmp_path):
     assert sorted(p.relative_to(out) for p in out.rglob("*")) == before  # nothing written, nothing moved
 
 
-def test_a_directory_that_is_no_sweep_is_a_one_line_error(tmp_path):
+@pytest.mark.parametrize("marker", [None, "{", '{"runs": 5}', '{"runs": ["../outside"]}'])
+def test_a_directory_that_is_no_sweep_is_a_one_line_error(tmp_path, marker):
+    if marker is not None:
+        (tmp_path / "sweep.json").write_text(marker)
     done = status(tmp_path)
     assert done.returncode == 2 and len(done.stderr.strip().splitlines()) == 1
     assert "sweep.json" in done.stderr and "not a jaxscale sweep directory" in done.stderr

@@ -64,14 +64,14 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     signal.signal(signal.SIGPIPE, signal.SIG_DFL)  # `| head` ends the listing quietly
     marker = args.sweep_dir / "sweep.json"
+    sweep = Sweep(args.sweep_dir, {}, [], writer=False)  # reads only: moves nothing, writes nothing
     try:
         run_ids = json.loads(marker.read_text())["runs"]
-    except (OSError, ValueError, KeyError, TypeError) as err:
+        rows = [run_status(sweep, run_id) for run_id in run_ids]
+    except (OSError, ValueError, KeyError, TypeError) as err:  # ConfigError too: a run id that is no safe name
         print(f"error: {marker}: not a jaxscale sweep directory ({type(err).__name__}); "
               "give the --out of python -m jaxscale.train", file=sys.stderr)
         return 2
-    sweep = Sweep(args.sweep_dir, {}, [], writer=False)  # reads only: moves nothing, writes nothing
-    rows = [run_status(sweep, run_id) for run_id in run_ids]
     counts = {s: n for s in ("ok", "failed", "running", "interrupted", "pending")
               if (n := sum(r["state"] == s for r in rows))}
     if args.json:
