@@ -9,6 +9,7 @@ import json
 import os
 import socket
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -27,6 +28,14 @@ RESULT_COLUMNS = [
 STALE_CLAIM_S = 600.0  # a claim not refreshed for this long belongs to a dead worker on another host
 HEARTBEAT_S = 30.0
 TORN_CLAIM_S = 60.0  # an unreadable claim this old will never be completed
+# A worker's claims are refreshed by a thread, so a long compile, restore, evaluation or trunk keeps them; only
+# while its main thread shows life (a step, a wait) within this time: a hung worker's runs go to another worker.
+HUNG_S = 1800.0
+
+
+class ClaimLost(RuntimeError):
+    """Another worker took over a run this process was training: its claim had gone stale (the process hung
+    for longer than HUNG_S, or its file system stalled). The run is that worker's now; this one stops writing."""
 
 
 def run_path(out: Path, name: str) -> Path:
@@ -68,7 +77,11 @@ class Sweep:
     def __init__(self, out: Path, raw: dict, runs: list[RunSpec], writer: bool = True, claiming: bool = True):
         self.out, self.runs, self.writer, self.claiming = Path(out), runs, writer, claiming
         self.claims = self.out / "claims"
-        self._heartbeat = 0.0
+        self._held: dict[str, str] = {}  # run_id -> the claim file's text as this process wrote it
+        self._lost: set[str] = set()
+        self._alive_at = time.monotonic()  # the main thread's last sign of life
+        self._keeper: threading.Thread | None = None
+        self._lock = threading.Lock()
         if not writer:
             return
         try:
@@ -183,25 +196,64 @@ class Sweep:
             fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
         except FileExistsError:
             return False
+        text = json.dumps({"host": socket.gethostname(), "pid": os.getpid(), "since": time.time()})
         with os.fdopen(fd, "w") as f:
-            json.dump({"host": socket.gethostname(), "pid": os.getpid(), "since": time.time()}, f)
+            f.write(text)
+        self._hold(run_id, text)
         if self.summary_path(run_id).is_file():  # finished by another worker between our checks
             self.release(run_id)
             return False
-        self._heartbeat = time.monotonic()
         return True
 
     def heartbeat(self, run_id: str) -> None:
-        if self.claiming and time.monotonic() - self._heartbeat > HEARTBEAT_S:
-            with contextlib.suppress(FileNotFoundError):
-                os.utime(self.claims / f"{run_id}.claim")
-            self._heartbeat = time.monotonic()
+        """The main thread is alive (called every step and while waiting); raises ClaimLost where another
+        worker has taken the run over. No file is touched here: the keeper thread refreshes the claims."""
+        self._alive_at = time.monotonic()
+        if run_id in self._lost:
+            raise ClaimLost(f"run {run_id}: its claim was taken over by another worker (this one had not refreshed it "
+                            f"for {STALE_CLAIM_S:.0f} s) or removed; the run is theirs now: this worker stops writing it")
 
     def release(self, run_id: str) -> None:
-        if not self.claiming:
-            return
+        """Give the run's claim back, if it is still this process's (never delete a claim another took over)."""
+        with self._lock:
+            mine = self._held.pop(run_id, None)
+            self._lost.discard(run_id)
+        path = self.claims / f"{run_id}.claim"
         with contextlib.suppress(FileNotFoundError):
-            (self.claims / f"{run_id}.claim").unlink()
+            if mine is not None and path.read_text() == mine:
+                path.unlink()
+
+    def _hold(self, run_id: str, text: str) -> None:
+        with self._lock:
+            self._held[run_id] = text
+            self._alive_at = time.monotonic()
+            if self._keeper is None or not self._keeper.is_alive():
+                self._keeper = threading.Thread(target=self._keep_claims, name="jaxscale-claims", daemon=True)
+                self._keeper.start()
+
+    def _keep_claims(self) -> None:
+        """Every HEARTBEAT_S while claims are held: touch each claim still ours (unless the main thread has hung),
+        and mark lost the ones another worker has taken over or whose file is gone."""
+        while True:
+            time.sleep(HEARTBEAT_S)
+            with self._lock:
+                held = dict(self._held)
+                if not held:
+                    self._keeper = None
+                    return
+            hung = time.monotonic() - self._alive_at > HUNG_S
+            for run_id, mine in held.items():
+                path = self.claims / f"{run_id}.claim"
+                try:
+                    if path.read_text() == mine:
+                        if not hung:
+                            os.utime(path)
+                        continue
+                except FileNotFoundError:
+                    pass
+                with self._lock:
+                    if run_id in self._held:
+                        self._lost.add(run_id)
 
     # --- shared files ------------------------------------------------------------------------
     @contextlib.contextmanager

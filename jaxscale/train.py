@@ -37,7 +37,7 @@ from jaxscale.precheck import Prepared, check_sweep, mesh_for, prepare_data
 from jaxscale.progress import Progress
 from jaxscale.runbook import RunBook
 from jaxscale.step import abstract_state, compiled_steps, init_state, schedule_array, step_key
-from jaxscale.sweep import STALE_CLAIM_S, Sweep, run_path
+from jaxscale.sweep import STALE_CLAIM_S, ClaimLost, Sweep, run_path
 
 
 class Interrupted(Exception):
@@ -276,6 +276,7 @@ def _train(run: Run, state, book: RunBook) -> dict:
     def save(step: int, wait: bool = False, live: bool = True) -> None:
         """A checkpoint at a step boundary; `live`: with this segment's energy so far, which a run killed before
         its next checkpoint keeps (its steps after this one are trained again, their energy is not counted)."""
+        run.heartbeat()  # a run another worker took over is theirs to checkpoint
         live_energy = sum_over_processes(sampler.snapshot().as_row()) if live else None
         meta = dataclasses.replace(book, wall_s=book.wall_s + time.perf_counter() - wall_start,
                                    energy_live=live_energy).to_json()
@@ -314,15 +315,17 @@ def _train(run: Run, state, book: RunBook) -> dict:
                  "tokens_per_s": round(tokens_per_step / step_s, 1), "energy_j": sampler.mark()}
         if not math.isfinite(loss):
             failure = (step + 1, f"loss became {loss} at step {step + 1}")
+        run.heartbeat()
         records.append(entry)
         if write:
             log.write(json.dumps(entry) + "\n")
         run.progress.step(step + 1, budget.steps, loss, tokens_per_step / step_s)
-        run.heartbeat()
         return done_at
 
     events = open_events(run.run_dir, len(records)) if sharding.is_writer() else None
-    with open(run.run_dir / "metrics.jsonl" if sharding.is_writer() else os.devnull, "w") as log:
+    # line-buffered: a line is on disk once its step is recorded (and nothing is left to flush into a run that
+    # another worker has taken over)
+    with open(run.run_dir / "metrics.jsonl" if sharding.is_writer() else os.devnull, "w", buffering=1) as log:
         log.writelines(json.dumps(r) + "\n" for r in records)
         # One step in flight: step n+1 is dispatched and its batch placed before step n's metrics are awaited,
         # so the device never waits on the host; step n's time and energy mark are taken when it is seen
@@ -375,6 +378,7 @@ def _train(run: Run, state, book: RunBook) -> dict:
                 batch = next(batches)
 
     summary = _summarise(run, book, state, eval_step, failure, events)
+    run.heartbeat()  # a run another worker has taken over meanwhile: its checkpoints and summary are theirs
     if config.checkpoint.final and not failure:
         save(budget.steps, wait=True, live=False)
     checkpoints.close(remove=not config.checkpoint.final)
@@ -470,6 +474,9 @@ def run_sweep(raw: dict, out: Path, worker: tuple[int, int] = (0, 1), quiet: boo
                                   branch=branch)
             except (ConfigError, Interrupted):
                 raise
+            except ClaimLost as lost:
+                print(f"warning: {lost}", file=sys.stderr)
+                return
             except Exception as err:  # one run's failure (a bug, damaged files, memory) must not stop the sweep
                 summary = failed_summary(spec, err, sweep.run_dir(spec.run_id))
                 if sharding.is_writer():

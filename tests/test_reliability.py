@@ -230,6 +230,97 @@ def test_a_worker_waits_for_its_run_that_a_live_worker_is_training(tmp_path, mon
     assert not (sweep.run_dir(held) / "metrics.jsonl").exists()
 
 
+# --- 7a. claims kept through long phases, and lost by hung workers ---------------------------------------------
+def on_host(monkeypatch, name):
+    """Make this process look like a worker on host `name` (claims compare hosts)."""
+    monkeypatch.setattr(sweeps.socket, "gethostname", lambda: name)
+
+
+@pytest.fixture
+def fast_claims(monkeypatch):
+    monkeypatch.setattr(sweeps, "HEARTBEAT_S", 0.05)
+    monkeypatch.setattr(sweeps, "STALE_CLAIM_S", 0.6)
+
+
+def test_a_claim_stays_fresh_through_a_long_phase_without_steps(tmp_path, monkeypatch, fast_claims):
+    # a compile, restore, evaluation or trunk longer than STALE_CLAIM_S: no step calls heartbeat() meanwhile
+    raw = load_raw(write(tmp_path, PLAIN))
+    runs, out = expand(raw), tmp_path / "out"
+    run_id = runs[0].run_id
+    on_host(monkeypatch, "node-a")
+    a = Sweep(out, raw, runs)
+    assert a.claim(run_id)
+    time.sleep(1.5)
+    on_host(monkeypatch, "node-b")
+    b = Sweep(out, raw, runs)
+    assert b.state(run_id) == "running" and not b.claim(run_id)
+    a.release(run_id)
+    assert b.claim(run_id)
+    b.release(run_id)
+    assert not (b.claims / f"{run_id}.claim").exists()
+
+
+def test_a_hung_worker_loses_its_run_and_stops_writing_it(tmp_path, monkeypatch, fast_claims):
+    monkeypatch.setattr(sweeps, "HUNG_S", 0.2)
+    raw = load_raw(write(tmp_path, PLAIN))
+    runs, out = expand(raw), tmp_path / "out"
+    run_id = runs[0].run_id
+    on_host(monkeypatch, "node-a")
+    a = Sweep(out, raw, runs)
+    assert a.claim(run_id)
+    time.sleep(1.5)  # node-a's main thread hangs: its claim is no longer refreshed
+    on_host(monkeypatch, "node-b")
+    b = Sweep(out, raw, runs)
+    assert b.state(run_id) == "pending" and b.claim(run_id)
+    time.sleep(0.3)
+    with pytest.raises(sweeps.ClaimLost, match=run_id):
+        a.heartbeat(run_id)  # node-a wakes up at its next step
+    a.release(run_id)
+    assert json.loads((b.claims / f"{run_id}.claim").read_text())["host"] == "node-b"  # node-b's claim is kept
+    b.release(run_id)
+
+
+def test_a_run_taken_over_mid_training_is_left_to_the_worker_that_took_it(tmp_path, monkeypatch, capsys):
+    # node07 takes over the run this worker is training (as if its claim had gone stale) after step 3 of 8:
+    # this worker records nothing more for it, neither a failure nor a summary, and leaves node07's claim alone
+    monkeypatch.setattr(sweeps, "HEARTBEAT_S", 0.05)
+    monkeypatch.setattr(train, "HELD_POLL_S", 0.2)
+    raw = load_raw(write(tmp_path, PLAIN))
+    runs, out = expand(raw), tmp_path / "out"
+    sweep = Sweep(out, raw, runs)
+    taken, claim = runs[0].run_id, sweep.claims / f"{runs[0].run_id}.claim"
+    took_over, node07_saw = threading.Event(), {}
+    real_step = train.Progress.step
+
+    def step(self, done, *args):
+        real_step(self, done, *args)
+        if done == 3 and not took_over.is_set():
+            claim.write_text(json.dumps({"host": "node07", "pid": 4242, "since": time.time()}))
+            took_over.set()
+            time.sleep(0.3)  # this worker's claim keeper looks meanwhile
+
+    def node07():  # trains the run to its end (here: writes its summary) once this worker has let go of it
+        if not took_over.wait(120):
+            return
+        time.sleep(2.0)
+        node07_saw["claim"] = json.loads(claim.read_text())["host"] if claim.exists() else None
+        if not sweep.summary_path(taken).exists():
+            write_atomic(sweep.summary_path(taken), json.dumps({"run_id": taken, "status": "ok", "eval_loss": 1.0}))
+        claim.unlink(missing_ok=True)
+
+    monkeypatch.setattr(train.Progress, "step", step)
+    thread = threading.Thread(target=node07)
+    thread.start()
+    summaries = {s["run_id"]: s for s in train.run_sweep(raw, out, quiet=True)}
+    thread.join()
+    assert node07_saw["claim"] == "node07"
+    assert summaries[taken]["eval_loss"] == 1.0 and summaries[runs[1].run_id]["status"] == "ok"
+    lines = (sweep.run_dir(taken) / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(line)["step"] for line in lines] == [1, 2, 3]
+    assert not (sweep.run_dir(taken) / "error.txt").exists()
+    assert f"run {taken}: its claim was taken over by another worker" in capsys.readouterr().err
+
+
 # --- 7b. workers starting together (a SLURM array) ------------------------------------------------------------
 def test_workers_starting_together_all_open_the_sweep(tmp_path, monkeypatch):
     raw = load_raw(write(tmp_path, PLAIN))
