@@ -33,6 +33,26 @@ def test_hugging_face_source_points_to_the_local_option():
         from_hugging_face("wikitext-2-raw-v1")
 
 
+def test_hugging_face_wikitext_rows_make_the_same_corpus_as_its_raw_files(tmp_path, monkeypatch):
+    # `datasets` stands in at its lowest layer: load_dataset("wikitext", name) gives each split as rows of one line
+    # each, newline kept, and "" for a blank line, as the hub's wikitext builder does (row 0 of wikitext-2-raw-v1's
+    # train is "", row 1 " = Valkyria Chronicles III = \n"). The raw files' blank lines are " \n". The corpus must
+    # be the raw files, as data.path gives them: the blank lines between headings and paragraphs included.
+    raw = {"wiki.train.raw": " \n = Title = \n \n Some text , and more .\n \n", "wiki.valid.raw": " \n = Valid = \n",
+           "wiki.test.raw": " Test line .\n \n \n"}
+    for name, text in raw.items():
+        (tmp_path / name).write_text(text)
+    rows = {split: {"text": [line if line.strip() else "" for line in raw[f"wiki.{file}.raw"].splitlines(keepends=True)]}
+            for split, file in (("train", "train"), ("validation", "valid"), ("test", "test"))}
+    asked = []
+    fake = type(sys)("datasets")
+    fake.load_dataset = lambda path, name: asked.append((path, name)) or rows
+    monkeypatch.setitem(sys.modules, "datasets", fake)
+    corpus = from_hugging_face("wikitext-2-raw-v1")
+    assert asked == [("wikitext", "wikitext-2-raw-v1")] and corpus.name == "wikitext/wikitext-2-raw-v1"
+    assert corpus.splits == from_directory(tmp_path).splits
+
+
 def test_embedded_corpus_is_english_prose_split_by_module():
     corpus = stdlib_docstrings()
     sizes = {s: len(t) for s, t in corpus.splits.items()}

@@ -76,7 +76,9 @@ def from_hugging_face(name: str) -> Corpus:
     except Exception as err:  # offline, unknown name, hub errors: all end the same way for the user
         raise ConfigError(f"data.source = 'hf': could not load wikitext/{name} ({type(err).__name__}: {err}); {hint}") from None
     mapping = {"train": "train", "valid": "validation", "test": "test"}
-    return Corpus(name=f"wikitext/{name}", splits={s: "".join(ds[h]["text"]) for s, h in mapping.items()})
+    # a row per line of the raw file, its newline kept, but "" for each blank line (" \n" in the raw files)
+    return Corpus(name=f"wikitext/{name}",
+                  splits={s: "".join(row or " \n" for row in ds[h]["text"]) for s, h in mapping.items()})
 
 
 _PROSE = re.compile(r"^[A-Z'`(][^\n]*[a-z]")
