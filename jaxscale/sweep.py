@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import faulthandler
 import fcntl
 import json
 import os
@@ -234,6 +235,7 @@ class Sweep:
     def _keep_claims(self) -> None:
         """Every HEARTBEAT_S while claims are held: touch each claim still ours (unless the main thread has hung),
         and mark lost the ones another worker has taken over or whose file is gone."""
+        told_hung = False
         while True:
             time.sleep(HEARTBEAT_S)
             with self._lock:
@@ -242,6 +244,12 @@ class Sweep:
                     self._keeper = None
                     return
             hung = time.monotonic() - self._alive_at > HUNG_S
+            if hung and not told_hung:
+                print(f"warning: no step or wait here for {HUNG_S / 60:.0f} min: this worker looks hung, so its claims "
+                      f"on {', '.join(held)} are no longer refreshed (another worker takes them over after "
+                      f"{STALE_CLAIM_S / 60:.0f} min). Where each thread is:", file=sys.stderr, flush=True)
+                faulthandler.dump_traceback(file=sys.stderr, all_threads=True)
+            told_hung = hung
             for run_id, mine in held.items():
                 path = self.claims / f"{run_id}.claim"
                 try:

@@ -260,7 +260,7 @@ def test_a_claim_stays_fresh_through_a_long_phase_without_steps(tmp_path, monkey
     assert not (b.claims / f"{run_id}.claim").exists()
 
 
-def test_a_hung_worker_loses_its_run_and_stops_writing_it(tmp_path, monkeypatch, fast_claims):
+def test_a_hung_worker_loses_its_run_and_stops_writing_it(tmp_path, monkeypatch, capfd, fast_claims):
     monkeypatch.setattr(sweeps, "HUNG_S", 0.2)
     raw = load_raw(write(tmp_path, PLAIN))
     runs, out = expand(raw), tmp_path / "out"
@@ -269,6 +269,9 @@ def test_a_hung_worker_loses_its_run_and_stops_writing_it(tmp_path, monkeypatch,
     a = Sweep(out, raw, runs)
     assert a.claim(run_id)
     time.sleep(1.5)  # node-a's main thread hangs: its claim is no longer refreshed
+    err = capfd.readouterr().err  # said once, with where each thread is (faulthandler writes to the fd)
+    assert err.count("this worker looks hung") == 1 and f"claims on {run_id}" in err
+    assert "test_a_hung_worker_loses_its_run" in err
     on_host(monkeypatch, "node-b")
     b = Sweep(out, raw, runs)
     assert b.state(run_id) == "pending" and b.claim(run_id)
