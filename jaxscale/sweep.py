@@ -211,8 +211,9 @@ class Sweep:
         worker has taken the run over. No file is touched here: the keeper thread refreshes the claims."""
         self._alive_at = time.monotonic()
         if run_id in self._lost:
-            raise ClaimLost(f"run {run_id}: its claim was taken over by another worker (this one had not refreshed it "
-                            f"for {STALE_CLAIM_S:.0f} s) or removed; the run is theirs now: this worker stops writing it")
+            raise ClaimLost(f"run {run_id}: its claim was taken over by another worker (this one had not refreshed "
+                            f"it for {STALE_CLAIM_S:.0f} s) or removed; the run is theirs now: this worker stops "
+                            "writing it")
 
     def release(self, run_id: str) -> None:
         """Give the run's claim back, if it is still this process's (never delete a claim another took over)."""

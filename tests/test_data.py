@@ -42,8 +42,9 @@ def test_hugging_face_wikitext_rows_make_the_same_corpus_as_its_raw_files(tmp_pa
            "wiki.test.raw": " Test line .\n \n \n"}
     for name, text in raw.items():
         (tmp_path / name).write_text(text)
-    rows = {split: {"text": [line if line.strip() else "" for line in raw[f"wiki.{file}.raw"].splitlines(keepends=True)]}
-            for split, file in (("train", "train"), ("validation", "valid"), ("test", "test"))}
+    lines = {split: raw[f"wiki.{file}.raw"].splitlines(keepends=True)
+             for split, file in (("train", "train"), ("validation", "valid"), ("test", "test"))}
+    rows = {split: {"text": [line if line.strip() else "" for line in split_lines]} for split, split_lines in lines.items()}
     asked = []
     fake = type(sys)("datasets")
     fake.load_dataset = lambda path, name: asked.append((path, name)) or rows
