@@ -22,6 +22,9 @@ def test_directory_corpus_reads_wikitext_layout():
 def test_missing_directory_and_split_are_named(tmp_path):
     with pytest.raises(ConfigError, match="data.path: corpus directory .*nowhere not found"):
         load_corpus(DataConfig(path=str(tmp_path / "nowhere")))
+    (tmp_path / "corpus.txt").write_text("text")
+    with pytest.raises(ConfigError, match="corpus directory .*corpus.txt is a file, not a directory; expected a dir"):
+        load_corpus(DataConfig(path=str(tmp_path / "corpus.txt")))
     (tmp_path / "wiki.train.raw").write_text("text")
     with pytest.raises(ConfigError, match="has no valid split; expected one of wiki.valid.raw"):
         from_directory(tmp_path)

@@ -55,7 +55,9 @@ def load_corpus(cfg: DataConfig) -> Corpus:
 
 def from_directory(path: Path) -> Corpus:
     if not path.is_dir():
-        raise ConfigError(f"data.path: corpus directory {path} not found")
+        what = "is a file, not a directory" if path.exists() else "not found"
+        raise ConfigError(f"data.path: corpus directory {path} {what}; expected a directory with train/valid/test "
+                          "text (wiki.train.raw ... or train.txt ...)")
     splits = {}
     for split, names in _FILE_NAMES.items():
         found = next((path / n for n in names if (path / n).is_file()), None)
