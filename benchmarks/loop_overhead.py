@@ -40,13 +40,15 @@ lr = 3e-3
 eval_tokens = 2048
 [checkpoint]
 every = 0
+[energy]
+meter = "{meter}"
 """
 
 
 def write_config(directory: Path, args, steps: int) -> Path:
     path = directory / f"loop_{steps}.toml"
     path.write_text(CONFIG.format(seq_len=args.seq_len, d_model=args.d_model, d_mlp=4 * args.d_model,
-                                  batch=args.batch, tokens=steps * args.batch * args.seq_len))
+                                  batch=args.batch, tokens=steps * args.batch * args.seq_len, meter=args.meter))
     return path
 
 
@@ -97,6 +99,8 @@ def main(argv=None) -> dict:
     parser.add_argument("--d-model", type=int, default=16)
     parser.add_argument("--seq-len", type=int, default=32)
     parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--meter", default="auto", choices=("auto", "nvml", "rapl", "none"),
+                        help="energy.meter of the loop (auto: as users run it; none: no energy mark a step)")
     args = parser.parse_args(argv)
     runtime.start()
     import jax
@@ -116,6 +120,7 @@ def main(argv=None) -> dict:
     result = {"loop_efficiency": round(loop / bare_rate, 3), "loop_steps_per_s": round(loop, 1),
               "bare_steps_per_s": round(bare_rate, 1), "bare_step_ms": round(1e3 / bare_rate, 3),
               "rounds": {"loop": [round(x, 1) for x in loop_rates], "bare": [round(x, 1) for x in bare_rates]},
+              "meter": args.meter,
               "backend": jax.default_backend(), "device": jax.devices()[0].device_kind, "machine": platform.processor()
               or platform.machine(), "model": f"d{args.d_model}-l1, batch {args.batch} x {args.seq_len}, vocab 512",
               "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}

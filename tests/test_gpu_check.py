@@ -131,6 +131,17 @@ def test_loop_section_runs_the_real_loop_where_grain_is():
     assert gpu_check.targets({"loop": res}, toy=True)[2]["met"] is None  # a toy run gives no verdict
 
 
+def test_a_loop_below_its_target_is_timed_again_without_the_energy_meter(monkeypatch, tmp_path):
+    monkeypatch.setattr(gpu_check, "LOOP_TARGET", 2.0)  # no loop meets it
+    res = gpu_check.loop(gpu_check.TOY, gpu_check.Budget(120))
+    assert res["meter"] == "auto" and res["without_meter"]["meter"] == "none"
+    # the option reaches the config the loop trains with
+    import loop_overhead
+    args = loop_overhead.argparse.Namespace(seq_len=8, d_model=16, batch=2, meter="none")
+    assert 'meter = "none"' in loop_overhead.write_config(tmp_path, args, 4).read_text()
+    assert "energy.meter = \"none\"" in "\n".join(gpu_check.md_loop(res))
+
+
 def test_full_sizes_refuse_to_run_off_a_gpu():
     with pytest.raises(SystemExit):
         gpu_check.main(["--out", "/nonexistent"])
