@@ -298,7 +298,7 @@ def test_a_run_taken_over_mid_training_is_left_to_the_worker_that_took_it(tmp_pa
     def step(self, done, *args):
         real_step(self, done, *args)
         if done == 3 and not took_over.is_set():
-            claim.write_text(json.dumps({"host": "node07", "pid": 4242, "since": time.time()}))
+            claimed_elsewhere(sweep, taken)
             took_over.set()
             time.sleep(0.3)  # this worker's claim keeper looks meanwhile
 
