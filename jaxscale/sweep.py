@@ -220,10 +220,16 @@ class Sweep:
         with self._lock:
             mine = self._held.pop(run_id, None)
             self._lost.discard(run_id)
-        path = self.claims / f"{run_id}.claim"
-        with contextlib.suppress(FileNotFoundError):
-            if mine is not None and path.read_text() == mine:
-                path.unlink()
+        if mine is not None and self._still_holds(run_id, mine):
+            with contextlib.suppress(FileNotFoundError):
+                (self.claims / f"{run_id}.claim").unlink()
+
+    def _still_holds(self, run_id: str, mine: str) -> bool:
+        """The claim file still says what this process wrote (not taken over, not removed)."""
+        try:
+            return (self.claims / f"{run_id}.claim").read_text() == mine
+        except FileNotFoundError:
+            return False
 
     def _hold(self, run_id: str, text: str) -> None:
         with self._lock:
@@ -252,17 +258,13 @@ class Sweep:
                 faulthandler.dump_traceback(file=sys.stderr, all_threads=True)
             told_hung = hung
             for run_id, mine in held.items():
-                path = self.claims / f"{run_id}.claim"
-                try:
-                    if path.read_text() == mine:
-                        if not hung:
-                            os.utime(path)
-                        continue
-                except FileNotFoundError:
-                    pass
-                with self._lock:
-                    if run_id in self._held:
-                        self._lost.add(run_id)
+                if not self._still_holds(run_id, mine):
+                    with self._lock:
+                        if run_id in self._held:
+                            self._lost.add(run_id)
+                elif not hung:
+                    with contextlib.suppress(FileNotFoundError):
+                        os.utime(self.claims / f"{run_id}.claim")
 
     # --- shared files ------------------------------------------------------------------------
     @contextlib.contextmanager
