@@ -124,10 +124,15 @@ def test_corrupt_newest_checkpoint_falls_back_to_previous(tmp_path, uninterrupte
     config, out = write_config(tmp_path, every=20), tmp_path / "sweep"
     proc = start(config, out)
     wait_for_steps(out / "000-resume", 70, proc)
+    checkpoints = out / "000-resume" / "checkpoints"
+    saved = lambda: sorted(int(p.name) for p in checkpoints.iterdir() if p.name.isdigit())  # noqa: E731
+    # kill between saves: a save finalises its step before it removes the oldest, so for a moment there are three
+    deadline = time.monotonic() + 30
+    while len(saved()) != 2 and time.monotonic() < deadline:
+        time.sleep(0.001)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    checkpoints = out / "000-resume" / "checkpoints"
-    steps = sorted(int(p.name) for p in checkpoints.iterdir() if p.name.isdigit())
+    steps = saved()
     assert len(steps) == 2
     for f in (checkpoints / str(steps[-1]) / "state").rglob("*"):
         if f.is_file():
