@@ -1,4 +1,4 @@
-"""`python -m jaxscale.train --config FILE [--out DIR] [--worker I/N] [key=value ...]`: the run loop
+"""`python -m jaxscale.train --config FILE [--out DIR] [--worker I/N [--help-others]] [key=value ...]`: the run loop
 and the sweep loop. Everything with side effects lives here; the step itself (jaxscale.step) is a
 pure jitted function. Rerunning the same command resumes: finished runs are skipped, interrupted
 ones continue from their latest checkpoint."""
@@ -440,7 +440,9 @@ def failed_summary(spec: RunSpec, err: Exception, run_dir: Path) -> dict:
             "seed": cfg.train.seed, "status": "failed", "failed_step": None, "reason": reason}
 
 
-def run_sweep(raw: dict, out: Path, worker: tuple[int, int] = (0, 1), quiet: bool = False) -> list[dict]:
+def run_sweep(raw: dict, out: Path, worker: tuple[int, int] = (0, 1), quiet: bool = False,
+              help_others: bool = False) -> list[dict]:
+    """Train this worker's share of the sweep (`help_others`: then the other shares' runs no worker holds)."""
     runs, data_cache = check_sweep(raw)
     sweep = Sweep(out, raw, runs, writer=sharding.is_writer(), claiming=jax.process_count() == 1)
     progress = Progress(len(runs), quiet=quiet)
@@ -455,6 +457,16 @@ def run_sweep(raw: dict, out: Path, worker: tuple[int, int] = (0, 1), quiet: boo
 
     share = worker_share(runs, branches, worker, step_flops)
     mine = {spec.run_id for spec in share}
+    if help_others and not sweep.claiming:
+        print("warning: --help-others is ignored in a multi-host job (it takes no claims, so it trains only its own "
+              "share)", file=sys.stderr)
+        help_others = False
+
+    def needs_trunk(spec: RunSpec) -> bool:
+        """A branch not yet started whose trunk checkpoint does not exist yet."""
+        branch = branches.get(spec.run_id)
+        return bool(branch and not branch.is_trunk and not (sweep.run_dir(spec.run_id) / "checkpoints").is_dir()
+                    and not (branch.trunk_dir / str(branch.start)).is_dir())
 
     def train(spec: RunSpec) -> None:
         if not sweep.claim(spec.run_id):
@@ -466,7 +478,7 @@ def run_sweep(raw: dict, out: Path, worker: tuple[int, int] = (0, 1), quiet: boo
                 meters[kind] = open_process_meter(kind)
             try:
                 branch = branches.get(spec.run_id)
-                if branch and not branch.is_trunk and not (sweep.run_dir(spec.run_id) / "checkpoints").is_dir():
+                if needs_trunk(spec):
                     wait_for_trunk(branch, spec)
                     progress.begin_run(runs.index(spec) + 1, spec.run_id)  # a trunk trained meanwhile took the line
                 summary = run_one(spec, prepare_data(spec.config, data_cache), sweep.run_dir(spec.run_id),
@@ -515,8 +527,12 @@ def run_sweep(raw: dict, out: Path, worker: tuple[int, int] = (0, 1), quiet: boo
                 if stop.received:
                     raise Interrupted(f"{stop.received} between runs")
                 train(spec)
-            held = [s for s in share if sweep.state(s.run_id) == "running"] if sweep.claiming else []
-            if not held:
+            if help_others:
+                help_other_shares()
+            if not sweep.claiming:
+                return
+            held = [s for s in share if sweep.state(s.run_id) == "running"]
+            if not held and not sweep.pending(share):  # pending: a claim went stale while this worker helped
                 return
             for spec in held:
                 if spec.run_id not in told:
@@ -528,6 +544,17 @@ def run_sweep(raw: dict, out: Path, worker: tuple[int, int] = (0, 1), quiet: boo
             time.sleep(HELD_POLL_S)
             if stop.received:
                 raise Interrupted(f"{stop.received} while waiting for runs claimed by other workers")
+
+    def help_other_shares() -> None:
+        """Runs of other workers' shares that no worker holds and that can start now (a branch once its trunk's
+        checkpoint exists), the last in the sweep first: their own workers would reach those last."""
+        tried = set()  # each at most once: a run whose claim another worker won meanwhile is theirs
+        while ready := [s for s in reversed(sweep.pending())
+                        if s.run_id not in mine and s.run_id not in tried and not needs_trunk(s)]:
+            if stop.received:
+                raise Interrupted(f"{stop.received} between runs")
+            tried.add(ready[0].run_id)
+            train(ready[0])
 
     trunks_first = lambda spec: 0 if spec.run_id not in branches or branches[spec.run_id].is_trunk else 1  # noqa: E731
 
@@ -568,6 +595,8 @@ def parse_args(argv):
     parser.add_argument("--config", required=True, help="TOML config; lists are sweep axes")
     parser.add_argument("--out", help="sweep directory (default: runs/<config name>)")
     parser.add_argument("--worker", default="0/1", help="I/N: worker I of N (e.g. a SLURM array task) takes its share, balanced by compute")
+    parser.add_argument("--help-others", action="store_true",
+                        help="with --worker: after its own share, train other shares' runs that no worker has taken")
     parser.add_argument("--quiet", action="store_true", help="one line per run instead of a progress display")
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="e.g. train.tokens=1e4 data.path=DIR")
     return parser.parse_args(argv)
@@ -580,7 +609,8 @@ def main(argv=None) -> int:
     try:
         raw = load_raw(args.config, args.overrides)
         out = Path(args.out) if args.out else run_path(Path("runs"), raw["name"])
-        summaries = run_sweep(raw, out, worker=parse_worker(args.worker), quiet=args.quiet)
+        summaries = run_sweep(raw, out, worker=parse_worker(args.worker), quiet=args.quiet,
+                              help_others=args.help_others)
     except ConfigError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

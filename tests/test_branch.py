@@ -100,6 +100,16 @@ def test_a_trunk_whose_worker_never_comes_is_trained_after_the_grace_period(tmp_
     assert trained == ["000-tokens1280", "001-tokens2560", "002-tokens5120"]  # its two branches and the trunk
 
 
+def test_a_worker_helping_others_trains_their_branches_once_its_trunk_is_saved(tmp_path):
+    """Worker 0/2 alone with --help-others: its share is the trunk; the branches (worker 1's) can start only
+    from the trunk's checkpoints, so they are helped with after it, to the losses of one process training all."""
+    _, alone, _ = sweep(tmp_path, "alone", "sweep.branch=true")
+    out, helped, log = sweep(tmp_path, "helped", "sweep.branch=true", "--worker", "0/2", "--help-others")
+    trained = [line.split()[2] for line in log.splitlines() if line.startswith("run ")]
+    assert trained == ["002-tokens5120", "001-tokens2560", "000-tokens1280"]  # the trunk, then the last first
+    assert {t: r["eval_loss"] for t, r in helped.items()} == {t: r["eval_loss"] for t, r in alone.items()}
+
+
 def test_a_rerun_trains_nothing_again(tmp_path):
     out, first, _ = sweep(tmp_path, "again", "sweep.branch=true")
     before = {p: p.stat().st_mtime_ns for p in out.glob("*/metrics.jsonl")}

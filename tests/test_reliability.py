@@ -324,6 +324,38 @@ def test_a_run_taken_over_mid_training_is_left_to_the_worker_that_took_it(tmp_pa
     assert f"run {taken}: its claim was taken over by another worker" in capsys.readouterr().err
 
 
+# --- 7c. a worker done with its share helps with the others' (--help-others) ---------------------------------
+def test_a_worker_done_with_its_share_trains_the_runs_no_other_worker_has_taken(tmp_path):
+    """Worker 0/2 of 6 runs, alone (worker 1's task is still queued): without --help-others it trains its share
+    and leaves; with it, it then trains worker 1's runs, the last in the sweep first, except one a live worker
+    holds (neither waited for nor trained). Worker 1, arriving, trains only that one."""
+    raw = load_raw(write(tmp_path, PLAIN.replace("tokens = 512", "tokens = [512, 768, 1024]")))
+    runs = expand(raw)
+    run_ids = [r.run_id for r in runs]
+    alone = train.run_sweep(raw, tmp_path / "alone", worker=(0, 2), quiet=True)
+    share = {s["run_id"] for s in alone}
+    others = [r.run_id for r in runs if r.run_id not in share]
+    assert len(share) == len(others) == 3
+
+    out = tmp_path / "helped"
+    sweep = Sweep(out, raw, runs)
+    held = others[0]
+    claimed_elsewhere(sweep, held, socket.gethostname(), os.getpid())  # a live worker is training it
+    helped = {s["run_id"]: s for s in train.run_sweep(raw, out, worker=(0, 2), quiet=True, help_others=True)}
+    assert set(helped) == set(run_ids) - {held}
+    assert all(s["status"] == "ok" for s in helped.values())
+    assert not (sweep.run_dir(held) / "metrics.jsonl").exists()
+    finished = sorted(helped, key=lambda run_id: sweep.summary_path(run_id).stat().st_mtime_ns)
+    assert set(finished[:3]) == share and finished[3:] == [others[2], others[1]]  # its own share first
+
+    (sweep.claims / f"{held}.claim").unlink()  # that worker died before starting it (no checkpoint)
+    before = {p: p.stat().st_mtime_ns for p in out.glob("*/metrics.jsonl")}
+    late = train.run_sweep(raw, out, worker=(1, 2), quiet=True)
+    assert sorted(s["run_id"] for s in late) == sorted(run_ids)
+    assert {p: p.stat().st_mtime_ns for p in out.glob("*/metrics.jsonl") if p.parent.name != held} == before
+    assert (out / "report.md").is_file()
+
+
 # --- 7b. workers starting together (a SLURM array) ------------------------------------------------------------
 def test_workers_starting_together_all_open_the_sweep(tmp_path, monkeypatch):
     raw = load_raw(write(tmp_path, PLAIN))
