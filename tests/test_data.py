@@ -81,6 +81,56 @@ def test_sentencepiece_model_gives_published_ids():
     assert tok.encode("Hello world").tolist() == [15043, 3186]
 
 
+# ../shared/data/README.md: each train split's tokens, encoded in one call
+PUBLISHED_TOKENS = {("enwiki-sample", GPT2): 626_983, ("enwiki-sample", LLAMA_TOKENIZER): 741_822,
+                    ("austen", GPT2): 824_863, ("austen", LLAMA_TOKENIZER): 883_900}
+
+
+@pytest.mark.parametrize("corpus, path", list(PUBLISHED_TOKENS), ids=[f"{c}-{p.parent.name}" for c, p in PUBLISHED_TOKENS])
+def test_train_splits_have_the_published_whole_text_token_counts(corpus, path):
+    """Encoded line by line they were 632,017, 755,653, 824,902 and 873,152: SentencePiece put a "▁" before every
+    line, GPT-2 split no blank lines before a word."""
+    text_path = ENWIKI.parent / corpus / "train.txt"
+    if not (text_path.is_file() and path.is_file()):
+        pytest.skip(f"needs {text_path} and {path}")
+    ids = load_tokenizer(TokenizerConfig(path=str(path)), corpus=None).encode(text_path.read_text())
+    assert len(ids) == PUBLISHED_TOKENS[corpus, path]
+
+
+TRICKY = "x \n\n\n  indented\n\t\ttab\n123456\n\n\u03c0\u22483.14159 caf\u00e9\n \n = Heading = \n\n!!\n?\n"
+
+
+@needs_shared(ENWIKI)
+@pytest.mark.parametrize("which", ["gpt2", "llama", "trained bpe"])
+def test_pieces_give_the_ids_of_the_whole_text(which, tmp_path, monkeypatch):
+    """Cut every 64 characters (thousands of cuts, blank lines, indents, digits and non-ASCII around them), a
+    split's ids equal the tokenizer's own encoding of the whole text in one call, without falling back to it."""
+    monkeypatch.setenv("JAXSCALE_CACHE", str(tmp_path))
+    monkeypatch.setattr(tokenize, "PIECE_CHARS", 64)
+    text = (ENWIKI / "valid.txt").read_text() + TRICKY * 50
+    if which == "gpt2":
+        from tokenizers import Tokenizer
+        tok, whole = load_tokenizer(TokenizerConfig(path=str(GPT2)), None), Tokenizer.from_file(str(GPT2))
+        reference = whole.encode(text, add_special_tokens=False).ids
+    elif which == "llama":
+        if not LLAMA_TOKENIZER.is_file():
+            pytest.skip(f"needs {LLAMA_TOKENIZER}")
+        import sentencepiece as spm
+        tok = load_tokenizer(TokenizerConfig(path=str(LLAMA_TOKENIZER)), None)
+        reference = spm.SentencePieceProcessor(model_file=str(LLAMA_TOKENIZER)).encode(text)
+    else:
+        from tokenizers import Tokenizer
+        corpus = type(stdlib_docstrings())(name="t", splits={"train": text, "valid": "v", "test": "t"})
+        tok = load_tokenizer(TokenizerConfig(vocab_size=1000), corpus)
+        reference = Tokenizer.from_file(str(next((tmp_path / "tokenizers").glob("*.json")))).encode(text).ids
+    longest = []
+    real = tok.encode_batch
+    spied = type(tok)(tok.name, tok.vocab_size, tok.fingerprint,
+                      lambda texts: longest.append(max(map(len, texts))) or real(texts))
+    assert spied.encode(text).tolist() == reference
+    assert max(longest) < len(text) // 10  # pieces (the longest a paragraph), not the whole-text fallback
+
+
 def test_trained_bpe_round_trips_and_has_the_vocabulary_asked_for(tmp_path, monkeypatch):
     monkeypatch.setenv("JAXSCALE_CACHE", str(tmp_path))
     text = "the quick brown fox jumps over the lazy dog\n" * 200 + "pack my box with five dozen liquor jugs\n" * 200
