@@ -56,6 +56,26 @@ class Target:
     spec: str
     memory_bytes: int
     peak_tflops: float | None  # dense bf16, from the file's `# peak_bf16_tflops:` line
+    peak_tf32_tflops: float | None = None  # dense TF32 (float32 matmuls), from `# peak_tf32_tflops:`
+
+
+@dataclasses.dataclass(frozen=True)
+class Peaks:
+    """Dense peak TFLOP/s per device for each compute dtype: XLA runs float32 matmuls on these GPUs' tensor cores
+    as TF32, at half the bf16 rate (or less)."""
+    bfloat16: float
+    float32: float
+    source: str = ""  # where the figures come from: "H100 SXM" or the target's name; "" when the user gave them
+
+    def line(self, dtype: str) -> tuple[float, str]:
+        """The peak for a model computing in `dtype`, and what it is."""
+        if dtype == "float32":
+            return self.float32, f" ({self.source} dense TF32 peak: float32 matmuls run as TF32)" if self.source else ""
+        return self.bfloat16, f" ({self.source} dense bf16 peak)" if self.source else ""
+
+
+DEFAULT_PEAKS = Peaks(989.0, 494.5, "H100 SXM")  # NVIDIA's datasheet, as the targets/ files
+LAUNCH_BOUND_S = 1e-3
 
 
 def known_targets() -> list[str]:
@@ -73,8 +93,8 @@ def load_target(name: str = "", spec_file: str = "") -> Target:
     if not memory:
         raise ConfigError(f"{path}: not a GPU description (a GpuTargetConfig text proto with "
                           "gpu_device_info {{ device_memory_size: ... }})")
-    peak = re.search(r"#\s*peak_bf16_tflops:\s*([\d.]+)", text)
-    return Target(path.stem, text, int(memory[1]), float(peak[1]) if peak else None)
+    peak, tf32 = (re.search(rf"#\s*peak_{kind}_tflops:\s*([\d.]+)", text) for kind in ("bf16", "tf32"))
+    return Target(path.stem, text, int(memory[1]), float(peak[1]) if peak else None, float(tf32[1]) if tf32 else None)
 
 
 def target_devices(target: Target, n: int) -> list:
@@ -191,7 +211,7 @@ def fmt_time(s: float) -> str:
     return f"{s / 60:.1f} min" if s < 7200 else f"{s / 3600:.1f} h"
 
 
-def plan_model(config: Config, runs: list, devices, peak: float, mfu: float, xla: bool,
+def plan_model(config: Config, runs: list, devices, peaks: Peaks, mfu: float, xla: bool,
                target: Target | None = None) -> list[str]:
     """The lines for one model (and batch, sequence, mesh) and the runs that train it."""
     vocab = vocab_size(config)
@@ -247,8 +267,12 @@ def plan_model(config: Config, runs: list, devices, peak: float, mfu: float, xla
                       else "no cuDNN custom call: XLA's attention")
             lines.append(f"attention   {kernel}")
             lines.append(f"matmuls     {matmul_line(x['matmuls'])}")
+    peak, what = peaks.line(cfg.dtype)
     step_s = step_flops / (n_dev * peak * 1e12 * mfu)
-    lines.append(f"time        {fmt_time(step_s)} a step at {peak:g} TFLOP/s x MFU {mfu:g} per device")
+    lines.append(f"time        {fmt_time(step_s)} a step at {peak:g} TFLOP/s{what} x MFU {mfu:g} per device")
+    if step_s < LAUNCH_BOUND_S:
+        lines.append("            a step this small is bound by kernel launches and the host, not FLOPs: the times "
+                     "below are a floor; measure it (benchmarks/step_time.py)")
     budgets: dict[int, int] = {}
     for run in runs:
         budgets[run.config.train.tokens] = budgets.get(run.config.train.tokens, 0) + 1
@@ -256,7 +280,8 @@ def plan_model(config: Config, runs: list, devices, peak: float, mfu: float, xla
     for tokens, count in sorted(budgets.items()):
         steps = tokens // tokens_step
         sweep_s += count * steps * step_s
-        lines.append(f"  tokens {tokens:>13,}: {steps:,} steps, {fmt_time(steps * step_s)} a run x {count} runs")
+        runs_text = f"{count} run" + "s" * (count != 1)
+        lines.append(f"  tokens {tokens:>13,}: {steps:,} steps, {fmt_time(steps * step_s)} a run x {runs_text}")
     lines.append(f"  all {len(runs)} runs: {fmt_time(sweep_s)} of training steps (no evaluation, start-up or idle)")
     return lines
 
@@ -280,7 +305,8 @@ def main(argv=None) -> int:
     parser.add_argument("--config", required=True)
     parser.add_argument("overrides", nargs="*", help="section.key=value, as for jaxscale.train")
     parser.add_argument("--peak-tflops", type=float, default=0.0,
-                        help="dense peak per device, TFLOP/s (default: the target's bf16 peak, else 989: H100 bf16)")
+                        help="dense peak per device, TFLOP/s, for every model (default: the target's, else the H100 "
+                             "SXM's: 989 bf16, 494.5 TF32 for float32 models)")
     parser.add_argument("--mfu", type=float, default=0.5, help="model FLOPs utilisation (default 0.5)")
     parser.add_argument("--devices", type=int, default=0,
                         help="plan for this many devices (default: the config's mesh, else those present); "
@@ -301,11 +327,13 @@ def plan(args) -> None:
     start = time.perf_counter()
     runs, notes = read_config(args.config, args.overrides)
     n = args.devices or fixed_devices(runs)
+    given = Peaks(args.peak_tflops, args.peak_tflops) if args.peak_tflops else None
     if args.target or args.target_spec:
         target = load_target(args.target, args.target_spec)
         devices = target_devices(target, n or 1)
-        peak = args.peak_tflops or target.peak_tflops or 989.0
-        report(args, runs, notes, devices, peak, target, start)
+        bf16 = target.peak_tflops
+        peaks = DEFAULT_PEAKS if bf16 is None else Peaks(bf16, target.peak_tf32_tflops or bf16 / 2, target.name)
+        report(args, runs, notes, devices, given or peaks, target, start)
         return
     if n:
         try:  # effective only before jax starts its backends (as under `python -m jaxscale.plan`)
@@ -318,16 +346,16 @@ def plan(args) -> None:
     if n and len(devices) < n:
         raise SystemExit(f"plan: {n} devices wanted, {len(devices)} present; run it as python -m jaxscale.plan")
     devices = devices[:n] if n else devices
-    report(args, runs, notes, devices, args.peak_tflops or 989.0, None, start)
+    report(args, runs, notes, devices, given or DEFAULT_PEAKS, None, start)
 
 
-def report(args, runs, notes, devices, peak: float, target: Target | None, start: float) -> None:
+def report(args, runs, notes, devices, peaks: Peaks, target: Target | None, start: float) -> None:
     print(f"plan for {args.config}: {len(runs)} runs" + (f" on {target.name} (compile-only)" if target else ""))
     for note in notes:
         print(f"note        {note}")
     for group in group_runs(runs).values():
         print()
-        print("\n".join(plan_model(group[0].config, group, devices, peak, args.mfu, not args.no_xla, target)))
+        print("\n".join(plan_model(group[0].config, group, devices, peaks, args.mfu, not args.no_xla, target)))
     print(f"\nplanned in {time.perf_counter() - start:.1f} s; nothing allocated (abstract shapes)")
 
 

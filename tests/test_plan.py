@@ -9,7 +9,7 @@ import pytest
 from conftest import ROOT, needs_cuda_plugin
 
 from jaxscale.config import ModelConfig
-from jaxscale.plan import activation_bytes, main
+from jaxscale.plan import activation_bytes, known_targets, load_target, main
 
 TINYLLAMA = ROOT / "configs" / "tinyllama_tokens.toml"
 TWIN = ROOT / "configs" / "tinyllama_tokens_cpu.toml"
@@ -33,6 +33,28 @@ def test_tinyllama_plan_figures(capsys):
     for tokens, steps in [(500_000, 30), (1_000_000, 61), (2_000_000, 122)]:
         assert re.search(rf"tokens\s+{tokens:,}: {steps} steps, .* x 50 runs", out)
     assert "all 150 runs" in out
+
+
+def test_the_default_peak_follows_the_compute_dtype(capsys):
+    """Without --peak-tflops: a bf16 model at the H100 SXM's dense bf16 peak, 989 TFLOP/s; a float32 one at its
+    dense TF32 peak, 494.5 (NVIDIA's datasheet: 989 with sparsity), since XLA runs float32 matmuls as TF32 there.
+    A step under a millisecond is called launch-bound, its times a floor."""
+    per_token = 6 * (22 * (2 * 2048**2 + 2 * 2048 * 256 + 3 * 2048 * 5632 + 2048 * 2048) + 2048 * 32000)
+    for dtype, peak, words in (("bfloat16", 989, "bf16 peak)"), ("float32", 494.5, "TF32 peak: float32 matmuls")):
+        main(["--config", str(TINYLLAMA), "--no-xla", "tokenizer.path=does/not/exist.model", f"model.dtype={dtype}"])
+        out = capsys.readouterr().out
+        step_s = per_token * 16384 / (peak * 1e12 * 0.5)
+        assert f"{step_s * 1e3:.3g} ms a step at {peak:g} TFLOP/s (H100 SXM dense {words}" in out
+        assert "bound by kernel launches" not in out
+    main(["--config", str(ROOT / "configs" / "smoke.toml"), "--no-xla"])
+    out = capsys.readouterr().out
+    assert "TF32 peak" in out and "a step this small is bound by kernel launches and the host, not FLOPs" in out
+
+
+def test_targets_carry_the_published_dense_peaks():
+    # NVIDIA's datasheets: A100 SXM 312 bf16 / 156 TF32; H100 and H200 SXM 989 / 494.5 (TF32 quoted as 989 sparse)
+    peaks = {name: (t.peak_tflops, t.peak_tf32_tflops) for name in known_targets() if (t := load_target(name))}
+    assert peaks == {"a100-80": (312, 156), "h100": (989, 494.5), "h200": (989, 494.5)}
 
 
 def test_cpu_twin_plan_runs_as_a_command_with_xla_figures():
