@@ -86,7 +86,8 @@ PUBLISHED_TOKENS = {("enwiki-sample", GPT2): 626_983, ("enwiki-sample", LLAMA_TO
                     ("austen", GPT2): 824_863, ("austen", LLAMA_TOKENIZER): 883_900}
 
 
-@pytest.mark.parametrize("corpus, path", list(PUBLISHED_TOKENS), ids=[f"{c}-{p.parent.name}" for c, p in PUBLISHED_TOKENS])
+@pytest.mark.parametrize("corpus, path", list(PUBLISHED_TOKENS),
+                         ids=[f"{c}-{p.parent.name}" for c, p in PUBLISHED_TOKENS])
 def test_train_splits_have_the_published_whole_text_token_counts(corpus, path):
     """Encoded line by line they were 632,017, 755,653, 824,902 and 873,152: SentencePiece put a "▁" before every
     line, GPT-2 split no blank lines before a word."""
