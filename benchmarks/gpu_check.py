@@ -45,14 +45,16 @@ The check needs jax (with its CUDA plugin), flax, optax, numpy, scipy, nvidia-ml
 not grain, orbax, tokenizers or sentencepiece (it imports nothing from jaxscale.data or jaxscale.checkpoint; the
 test runs it with those hidden). A GPU machine that cannot download but has those (e.g. this workplace's H200
 image: Python 3.12, jax 0.11 with jax-cuda13-plugin, torch 2.11+cu130) runs it as it is. To run jaxscale.train
-there too, bring grain's wheels, made on a machine with the internet (4.4 MB):
+there too (the loop section), bring the wheels of grain and tokenizers, made on a machine with the internet (7.6 MB;
+jaxscale.train needs nothing else beyond what the check needs: safetensors and matplotlib load only for Hugging Face
+checkpoints and the sweep report, and a missing one leaves the report unwritten with a warning):
 
     bash tools/gpu_wheels.sh .whl 3.12
 
 (grain's own needs — `unzip -p .whl/grain-*.whl '*/METADATA' | grep ^Requires-Dist` — are absl-py,
 array-record, cloudpickle, etils[epath,epy], numpy, portpicker and protobuf; array-record needs absl-py and
-etils[epath], portpicker psutil: only array-record and portpicker are missing there.) Then, on the GPU machine,
-in the repository root:
+etils[epath], portpicker psutil: only array-record and portpicker are missing there. tokenizers needs
+huggingface-hub only to download, which nothing here does.) Then, on the GPU machine, in the repository root:
 
     python3 -m pip install -q --no-index --no-deps --target /tmp/site .whl/*.whl && export PYTHONPATH=/tmp/site
     python3 benchmarks/gpu_check.py
@@ -583,8 +585,9 @@ def missing_modules(names) -> list[str]:
 
 def loop(sz: Sizes, budget: Budget) -> dict:
     """(e) benchmarks/loop_overhead.py: the real loop's steps/s against a bare chain of its compiled step."""
-    if missing := missing_modules(("grain", "orbax.checkpoint")):
-        return {"status": "unavailable", "reason": f"jaxscale.train needs {' and '.join(missing)}, not installed "
+    if missing := missing_modules(("grain", "orbax.checkpoint", "tokenizers")):
+        names = " and ".join(filter(None, (", ".join(missing[:-1]), missing[-1])))
+        return {"status": "unavailable", "reason": f"jaxscale.train needs {names}, not installed "
                                                    "here (see this script's docstring for bringing the wheels)"}
     import loop_overhead
     t0 = time.perf_counter()

@@ -16,7 +16,6 @@ from pathlib import Path
 import jax
 import ml_dtypes  # noqa: F401 - registers bfloat16 with numpy, so safetensors' numpy API reads bf16 checkpoints
 import numpy as np
-from safetensors import safe_open
 
 from jaxscale.config import Config, ConfigError, ModelConfig
 from jaxscale.models import abstract_params
@@ -108,6 +107,13 @@ def read_config(directory: Path) -> dict:
         raise ConfigError(f"model.init_from: {path} is not valid JSON ({err})") from None
 
 
+def _read(path: Path):
+    """A safetensors file, read lazily through numpy (safetensors loads only for runs that start from a checkpoint)."""
+    from safetensors import safe_open
+
+    return safe_open(path, framework="np")
+
+
 def tensor_files(directory: Path) -> dict[str, Path]:
     """HF tensor name -> the safetensors file holding it."""
     index = directory / INDEX
@@ -116,7 +122,7 @@ def tensor_files(directory: Path) -> dict[str, Path]:
     single = directory / "model.safetensors"
     if not single.is_file():
         raise ConfigError(f"model.init_from: {directory} has neither model.safetensors nor {INDEX}")
-    with safe_open(single, framework="np") as f:
+    with _read(single) as f:
         return {name: single for name in f.keys()}
 
 
@@ -166,7 +172,7 @@ def check_compatible(config: Config, vocab_size: int) -> None:
     files = tensor_files(directory)
     shapes = {}
     for file in set(files.values()):
-        with safe_open(file, framework="np") as f:
+        with _read(file) as f:
             shapes.update({name: tuple(f.get_slice(name).get_shape()) for name in f.keys()})
     for path, shape in expected_tensors(m, vocab_size).items():
         name, want = llama_names(m.n_layers)[path], hf_shape(path, shape)
@@ -194,7 +200,7 @@ def load_params(m: ModelConfig, vocab_size: int) -> dict:
     for path in shapes:
         by_file.setdefault(files[names[path]], []).append(path)
     for file, paths in by_file.items():
-        with safe_open(file, framework="np") as f:
+        with _read(file) as f:
             for path in paths:
                 flat[path] = np.ascontiguousarray(from_hf(path, f.get_tensor(names[path]), shapes[path]), np.float32)
     params = unflatten(flat)

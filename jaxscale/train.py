@@ -569,9 +569,9 @@ def run_sweep(raw: dict, out: Path, worker: tuple[int, int] = (0, 1), quiet: boo
 
 
 def write_sweep_report(out: Path) -> None:
-    from jaxscale.analyze import write_report  # matplotlib and the fits load only when a sweep is complete
-
     try:
+        from jaxscale.analyze import write_report  # matplotlib and the fits load only when a sweep is complete
+
         path = write_report(out)  # the vocabulary comes from results.csv
     except Exception as err:  # the results are safe on disk; a report can be rebuilt with jaxscale.analyze
         print(f"warning: report not written ({type(err).__name__}: {err}); "

@@ -118,9 +118,27 @@ def test_targets(mfu, speedups, efficiency, verdicts):
 def test_loop_section_without_grain_says_what_is_missing(toy_report):
     report, md = toy_report
     assert report["sections"]["loop"] == {"status": "unavailable", "wall_s": report["sections"]["loop"]["wall_s"],
-                                          "reason": "jaxscale.train needs grain and orbax.checkpoint, not installed "
-                                                    "here (see this script's docstring for bringing the wheels)"}
-    assert "needs grain and orbax.checkpoint" in md
+                                          "reason": "jaxscale.train needs grain, orbax.checkpoint and tokenizers, not "
+                                                    "installed here (see this script's docstring for bringing the wheels)"}
+    assert "needs grain, orbax.checkpoint and tokenizers" in md
+
+
+# What a GPU image may lack beyond what tools/gpu_wheels.sh brings (grain, tokenizers): jaxscale.train must not
+# need them (safetensors is for Hugging Face checkpoints, matplotlib for the report, written or warned about).
+NOT_BROUGHT = ("safetensors", "matplotlib", "sentencepiece", "tensorboardX", "datasets", "torch")
+
+
+def test_the_loop_section_needs_nothing_the_wheels_do_not_bring(tmp_path):
+    script = ROOT / "benchmarks" / "gpu_check.py"
+    code = (f"import runpy, sys\nclass Missing:\n    def find_spec(self, name, path=None, target=None):\n"
+            f"        if name.split('.')[0] in {NOT_BROUGHT!r}:\n"
+            f"            raise ImportError(name + ' is not installed')\n"
+            f"sys.meta_path.insert(0, Missing())\nsys.argv = [{str(script)!r}, '--toy', '--sections', 'loop', "
+            f"'--out', {str(tmp_path)!r}]\nrunpy.run_path(sys.argv[0], run_name='__main__')\n")
+    subprocess.run([sys.executable, "-c", code], check=True, env=dict(os.environ, JAX_PLATFORMS="cpu"), cwd=ROOT,
+                   timeout=300)
+    loop = json.loads((tmp_path / "cpu-toy.json").read_text())["sections"]["loop"]
+    assert loop["status"] == "ok" and loop["loop_efficiency"] > 0, loop
 
 
 def test_loop_section_runs_the_real_loop_where_grain_is():
