@@ -49,7 +49,7 @@ there too (the loop section), bring the wheels of grain and tokenizers, made on 
 jaxscale.train needs nothing else beyond what the check needs: safetensors and matplotlib load only for Hugging Face
 checkpoints and the sweep report, and a missing one leaves the report unwritten with a warning):
 
-    bash tools/gpu_wheels.sh .whl 3.12
+    bash tools/gpu_wheels.sh .whl 3.12     # .whl/ is git-ignored: carry it to the GPU machine
 
 (grain's own needs — `unzip -p .whl/grain-*.whl '*/METADATA' | grep ^Requires-Dist` — are absl-py,
 array-record, cloudpickle, etils[epath,epy], numpy, portpicker and protobuf; array-record needs absl-py and
