@@ -46,8 +46,9 @@ not grain, orbax, tokenizers or sentencepiece (it imports nothing from jaxscale.
 test runs it with those hidden). A GPU machine that cannot download but has those (e.g. this workplace's H200
 image: Python 3.12, jax 0.11 with jax-cuda13-plugin, torch 2.11+cu130) runs it as it is. To run jaxscale.train
 there too (the loop section), bring the wheels of grain and tokenizers, made on a machine with the internet (7.6 MB;
-jaxscale.train needs nothing else beyond what the check needs: safetensors and matplotlib load only for Hugging Face
-checkpoints and the sweep report, and a missing one leaves the report unwritten with a warning):
+jaxscale.train needs nothing else beyond what the check needs: safetensors, sentencepiece and matplotlib load only
+for Hugging Face checkpoints, .model tokenizers and the sweep report; without matplotlib the report is not written,
+with a warning):
 
     bash tools/gpu_wheels.sh .whl 3.12     # .whl/ is git-ignored: carry it to the GPU machine
 
