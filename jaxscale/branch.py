@@ -30,6 +30,11 @@ class Branch:
     def is_trunk(self) -> bool:
         return self.start == 0
 
+    @property
+    def start_dir(self) -> Path:
+        """The trunk checkpoint this branch starts from."""
+        return self.trunk_dir / str(self.start)
+
 
 def steps_of(spec: RunSpec) -> int:
     train, seq_len = spec.config.train, spec.config.data.seq_len

@@ -233,7 +233,7 @@ def _branch_off(spec: RunSpec, model, budget: Budget, mesh, new_batches, branch:
     finally:
         trunk.close()
     if restored is None:
-        raise RuntimeError(f"the trunk checkpoint {branch.trunk_dir / str(branch.start)} cannot be read")
+        raise RuntimeError(f"the trunk checkpoint {branch.start_dir} cannot be read")
     state, meta, batches = restored
     schedule = schedule_array(train, budget.steps, branch.warmup_steps)
     state = state.replace(schedule=jax.device_put(schedule, state.schedule.sharding))
@@ -466,7 +466,7 @@ def run_sweep(raw: dict, out: Path, worker: tuple[int, int] = (0, 1), quiet: boo
         """A branch not yet started whose trunk checkpoint does not exist yet."""
         branch = branches.get(spec.run_id)
         return bool(branch and not branch.is_trunk and not (sweep.run_dir(spec.run_id) / "checkpoints").is_dir()
-                    and not (branch.trunk_dir / str(branch.start)).is_dir())
+                    and not branch.start_dir.is_dir())
 
     def train(spec: RunSpec) -> None:
         if not sweep.claim(spec.run_id):
@@ -503,7 +503,7 @@ def run_sweep(raw: dict, out: Path, worker: tuple[int, int] = (0, 1), quiet: boo
         it, else wait for the worker that does (claims keep any run, trunks included, from training twice). A
         trunk of another worker's share gets TRUNK_GRACE_S for that worker to take it, then is trained here."""
         since = time.monotonic()
-        while not (branch.trunk_dir / str(branch.start)).is_dir():
+        while not branch.start_dir.is_dir():
             state = sweep.state(branch.trunk)
             if state in ("ok", "failed"):
                 raise RuntimeError(f"the trunk run {branch.trunk} ended ({state}) without the checkpoint at step "
@@ -531,8 +531,9 @@ def run_sweep(raw: dict, out: Path, worker: tuple[int, int] = (0, 1), quiet: boo
                 help_other_shares()
             if not sweep.claiming:
                 return
-            held = [s for s in share if sweep.state(s.run_id) == "running"]
-            if not held and not sweep.pending(share):  # pending: a claim went stale while this worker helped
+            states = {s.run_id: sweep.state(s.run_id) for s in share}
+            held = [s for s in share if states[s.run_id] == "running"]
+            if all(state in ("ok", "failed") for state in states.values()):  # (pending again: a claim went stale)
                 return
             for spec in held:
                 if spec.run_id not in told:

@@ -50,6 +50,12 @@ def write(tmp_path, text, name="tiny.toml"):
     return path
 
 
+def plain_sweep(tmp_path):
+    """The two-run PLAIN sweep: its raw config, its runs, and the directory it goes to."""
+    raw = load_raw(write(tmp_path, PLAIN))
+    return raw, expand(raw), tmp_path / "out"
+
+
 def cli(config, out, *extra, cwd=ROOT):
     return subprocess.run([sys.executable, "-m", "jaxscale.train", "--config", str(config), "--out", str(out),
                            "--quiet", *extra], cwd=cwd, capture_output=True, text=True, timeout=600)
@@ -150,9 +156,8 @@ def test_out_that_is_a_file_or_cannot_be_written_is_exit_2(tmp_path):
 
 # --- 7. stale claims ------------------------------------------------------------------------------------------
 def test_stale_claims_are_taken_over_without_leaving_files(tmp_path):
-    raw = load_raw(write(tmp_path, PLAIN))
-    runs = expand(raw)
-    sweep = Sweep(tmp_path / "out", raw, runs)
+    raw, runs, out = plain_sweep(tmp_path)
+    sweep = Sweep(out, raw, runs)
     for run in runs:  # a worker on this host that died holding each run
         (sweep.claims / f"{run.run_id}.claim").write_text(
             json.dumps({"host": socket.gethostname(), "pid": dead_pid(), "since": 0}))
@@ -164,9 +169,8 @@ def test_stale_claims_are_taken_over_without_leaving_files(tmp_path):
 
 
 def test_a_claim_torn_by_a_kill_is_taken_over_once_it_is_old(tmp_path):
-    raw = load_raw(write(tmp_path, PLAIN))
-    runs = expand(raw)
-    sweep = Sweep(tmp_path / "out", raw, runs)
+    raw, runs, out = plain_sweep(tmp_path)
+    sweep = Sweep(out, raw, runs)
     claims = [sweep.claims / f"{r.run_id}.claim" for r in runs]
     for claim in claims:
         claim.write_text("")  # created, killed before its owner was written
@@ -184,8 +188,7 @@ def test_a_worker_takes_over_its_run_once_the_claim_of_a_dead_worker_goes_stale(
     # at a time limit, say): this worker waits, and takes the run over once the claim is stale
     monkeypatch.setattr(sweeps, "STALE_CLAIM_S", 1.0)
     monkeypatch.setattr(train, "HELD_POLL_S", 0.2)
-    raw = load_raw(write(tmp_path, PLAIN))
-    runs, out = expand(raw), tmp_path / "out"
+    raw, runs, out = plain_sweep(tmp_path)
     sweep = Sweep(out, raw, runs)
     claimed_elsewhere(sweep, runs[0].run_id)
 
@@ -207,8 +210,7 @@ def test_a_worker_takes_over_its_run_once_the_claim_of_a_dead_worker_goes_stale(
 
 def test_a_worker_waits_for_its_run_that_a_live_worker_is_training(tmp_path, monkeypatch):
     monkeypatch.setattr(train, "HELD_POLL_S", 0.2)
-    raw = load_raw(write(tmp_path, PLAIN))
-    runs, out = expand(raw), tmp_path / "out"
+    raw, runs, out = plain_sweep(tmp_path)
     sweep = Sweep(out, raw, runs)
     held, other = runs[0].run_id, runs[1].run_id
     claimed_elsewhere(sweep, held, socket.gethostname(), os.getpid())  # alive: never stale
@@ -244,8 +246,7 @@ def fast_claims(monkeypatch):
 
 def test_a_claim_stays_fresh_through_a_long_phase_without_steps(tmp_path, monkeypatch, fast_claims):
     # a compile, restore, evaluation or trunk longer than STALE_CLAIM_S: no step calls heartbeat() meanwhile
-    raw = load_raw(write(tmp_path, PLAIN))
-    runs, out = expand(raw), tmp_path / "out"
+    raw, runs, out = plain_sweep(tmp_path)
     run_id = runs[0].run_id
     on_host(monkeypatch, "node-a")
     a = Sweep(out, raw, runs)
@@ -262,8 +263,7 @@ def test_a_claim_stays_fresh_through_a_long_phase_without_steps(tmp_path, monkey
 
 def test_a_hung_worker_loses_its_run_and_stops_writing_it(tmp_path, monkeypatch, capfd, fast_claims):
     monkeypatch.setattr(sweeps, "HUNG_S", 0.2)
-    raw = load_raw(write(tmp_path, PLAIN))
-    runs, out = expand(raw), tmp_path / "out"
+    raw, runs, out = plain_sweep(tmp_path)
     run_id = runs[0].run_id
     on_host(monkeypatch, "node-a")
     a = Sweep(out, raw, runs)
@@ -288,8 +288,7 @@ def test_a_run_taken_over_mid_training_is_left_to_the_worker_that_took_it(tmp_pa
     # this worker records nothing more for it, neither a failure nor a summary, and leaves node07's claim alone
     monkeypatch.setattr(sweeps, "HEARTBEAT_S", 0.05)
     monkeypatch.setattr(train, "HELD_POLL_S", 0.2)
-    raw = load_raw(write(tmp_path, PLAIN))
-    runs, out = expand(raw), tmp_path / "out"
+    raw, runs, out = plain_sweep(tmp_path)
     sweep = Sweep(out, raw, runs)
     taken, claim = runs[0].run_id, sweep.claims / f"{runs[0].run_id}.claim"
     took_over, node07_saw = threading.Event(), {}
@@ -358,8 +357,7 @@ def test_a_worker_done_with_its_share_trains_the_runs_no_other_worker_has_taken(
 
 # --- 7b. workers starting together (a SLURM array) ------------------------------------------------------------
 def test_workers_starting_together_all_open_the_sweep(tmp_path, monkeypatch):
-    raw = load_raw(write(tmp_path, PLAIN))
-    runs, out = expand(raw), tmp_path / "out"
+    raw, runs, out = plain_sweep(tmp_path)
     out.mkdir()
     (out / ".sweep.json.otherhost.4242.tmp").write_text('{"conf')  # a worker a moment ahead, mid-write
     Sweep(out, raw, runs)
@@ -381,8 +379,7 @@ def test_workers_starting_together_all_open_the_sweep(tmp_path, monkeypatch):
 
 
 def test_a_worker_of_another_sweep_creating_the_directory_first_is_still_an_error(tmp_path, monkeypatch):
-    raw = load_raw(write(tmp_path, PLAIN))
-    runs, out = expand(raw), tmp_path / "out"
+    raw, runs, out = plain_sweep(tmp_path)
     real_create_once = sweeps.create_once
 
     def beaten(path, text):  # another sweep's worker writes sweep.json between our look and our write
