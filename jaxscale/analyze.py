@@ -28,7 +28,7 @@ REQUIRED_COLUMNS = ["model", "n_params", "tokens", "flops", "status"]
 NUMERIC_COLUMNS = [
     "n_params", "n_params_nonembed", "tokens", "flops", "train_loss", "eval_loss", "wall_s", "step_s_median",
     "tokens_per_s", "energy_j", "power_mean_w", "power_peak_w", "duration_s", "steps_energy_j", "steps_s",
-    "eval_energy_j", "eval_s", "vocab_size", "flops_per_token_matmul",
+    "eval_energy_j", "eval_s", "vocab_size", "flops_per_token_matmul", "compute_tokens",
 ]  # fmt: skip
 MIN_RUNS_FOR_LAW_FIT = 8
 UNAVAILABLE = "unavailable"
@@ -63,6 +63,13 @@ class Runs:
     def loss(self):
         return self.values[self.loss_column]
 
+    @property
+    def trained_tokens(self):
+        """The tokens each run's own steps trained (what its steps_s and steps_energy_j measured): a branched
+        sweep's cooldown branch trains only `compute_tokens` of its budget."""
+        own = self.values["compute_tokens"]
+        return np.where(np.isfinite(own) & (own > 0), own, self.tokens)
+
 
 def load_runs(sweep_dir: Path) -> Runs:
     path = Path(sweep_dir) / "results.csv"
@@ -72,7 +79,8 @@ def load_runs(sweep_dir: Path) -> Runs:
         raise InputError(f"{path}: no loss column; expected 'eval_loss' or 'train_loss'")
     ok = ok_rows(rows)
     values = {c: numbers(path, ok, c) if c in columns else np.full(len(ok), np.nan) for c in NUMERIC_COLUMNS}
-    loss_column = "eval_loss" if ok and np.isfinite(values["eval_loss"]).all() else "train_loss"
+    # held-out loss wherever a run has one (a run without it is then not analysed), else training loss
+    loss_column = "eval_loss" if np.isfinite(values["eval_loss"]).any() else "train_loss"
     usable = np.ones(len(ok), bool)
     for column in ("n_params", "tokens", "flops", loss_column):
         usable &= np.isfinite(values[column]) & (values[column] > 0)
@@ -128,7 +136,8 @@ def summary_section(runs: Runs, sweep_dir: Path) -> list[str]:
         f"# Sweep report: {sweep_dir.name}",
         "",
         f"{len(runs.model)} runs analysed; not analysed: {runs.n_failed} failed"
-        + (f", {runs.n_incomplete} with status ok but no positive N, D, C or loss. " if runs.n_incomplete else ". ")
+        + (f", {runs.n_incomplete} with status ok but no positive N, D, C or {runs.loss_column}. "
+           if runs.n_incomplete else ". ")
         + f"Loss: `{runs.loss_column}` in nats per token{loss_note} "
         "N is `n_params` (all parameters, embeddings included), the count behind `flops` = 6·N·D.",
         f"Energy sources: {', '.join(runs.energy_sources)}.",
@@ -187,6 +196,11 @@ def frontier_section(runs: Runs, plots_dir: Path, law: ChinchillaLaw | None) -> 
              str(fit.n_points)] for name, fit in named]  # fmt: skip
     lines += ["![compute-optimal allocation](plots/compute_optimal_allocation.png)", ""]
     lines += _table(["exponent", "value", "95% CI", "coefficient", "R²", "points"], rows)
+    if edges := int(optimal.at_edge.sum()):
+        lines += [f"{edges} of {len(optimal.flops)} compute levels are won by the smallest or largest model covering "
+                  "them (as is every level only two models cover): the optimum there may lie outside the sizes "
+                  "trained. The more such levels, the more a and b follow the grid's shape rather than the losses, "
+                  "and the intervals (which treat the levels as independent points) are then too narrow.", ""]
     optima = isoflop_optima(flops, params, loss)
     if len(optima) >= 2:
         iso = fit_power_law([o.flops for o in optima], [o.params for o in optima])
@@ -202,19 +216,14 @@ def frontier_section(runs: Runs, plots_dir: Path, law: ChinchillaLaw | None) -> 
 def hardware_section(runs: Runs, law: ChinchillaLaw | None) -> list[str]:
     """The allocation reaching the sweep's best loss for the least time or energy on this hardware (see
     jaxscale.laws.hardware), beside the FLOP-optimal one."""
-    from jaxscale.laws.hardware import FLOPS_PER_TOKEN, cheapest, fit_per_token_cost
+    from jaxscale.laws.hardware import cheapest, measured_costs
 
     lines = ["## Cheapest on this hardware: time and energy beside FLOPs", ""]
     if not _usable(law):
         return lines + ["Skipped: it needs a Chinchilla law fitted to this sweep.", ""]
-    v, target = runs.values, float(runs.loss.min())
-    seconds = v["steps_s"] if np.isfinite(v["steps_s"]).any() else runs.tokens / v["tokens_per_s"]
-    costs, missing = {"flops": FLOPS_PER_TOKEN}, []
-    for name, totals in (("time", seconds), ("energy", v["steps_energy_j"])):
-        try:
-            costs[name] = fit_per_token_cost(name, runs.params, runs.tokens, totals)
-        except ValueError as err:
-            missing.append(f"{name}: {err}")
+    target = float(runs.loss.min())
+    costs, why_not = measured_costs(runs)
+    missing = [f"{name}: {err}" for name, err in why_not.items()]
     try:
         optima = {name: cheapest(law, target, cost) for name, cost in costs.items()}
     except ValueError as err:

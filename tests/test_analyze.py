@@ -86,6 +86,7 @@ def test_grid_report_has_every_section_and_plot(tmp_path):
     for heading in ("## Compute frontier", "## Chinchilla law", "## Inference-aware optimum", "## Repeated runs"):
         assert heading in text
     assert "a (N_opt ∝ C^a)" in text and "law fitted to this sweep" in text
+    assert re.search(r"\d+ of \d+ compute levels are won by the smallest or largest model covering them", text)
     for name in ("loss_vs_compute", "compute_optimal_allocation", "loss_vs_params_and_tokens", "inference_optimum"):
         png = sweep / "plots" / f"{name}.png"
         assert png.is_file() and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -100,7 +101,16 @@ def test_failed_and_incomplete_runs_are_not_analysed(tmp_path):
     sweep = write_results(tmp_path / "incomplete", rows, energy=False)
     runs = load_runs(sweep)
     assert len(runs.model) == 1 and runs.n_incomplete == 1
-    assert "1 with status ok but no positive N, D, C or loss" in write_report(sweep).read_text()
+    assert "1 with status ok but no positive N, D, C or eval_loss" in write_report(sweep).read_text()
+
+
+def test_one_run_without_a_held_out_loss_leaves_the_others_on_theirs(tmp_path):
+    """The training losses are 2% below the held-out ones (run_row): analysing them would move every loss."""
+    rows = [run_row(i, GRID_MODELS[0], tokens, 7.0 - i) for i, tokens in enumerate((5e3, 1e4, 3e4))]
+    rows[1]["eval_loss"] = "nan"
+    runs = load_runs(write_results(tmp_path / "sweep", rows, energy=False))
+    assert runs.loss_column == "eval_loss" and runs.n_incomplete == 1
+    assert runs.loss.tolist() == [7.0, 5.0]
 
 
 def test_a_sweep_with_no_usable_runs_still_gets_a_report(tmp_path):

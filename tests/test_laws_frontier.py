@@ -62,3 +62,22 @@ def test_isoflop_parabolas_find_the_compute_optimal_size():
     for optimum in optima:
         expected, _ = LAW.compute_optimal(optimum.flops)
         assert optimum.params == pytest.approx(expected, rel=0.15)
+
+
+def test_levels_won_by_an_edge_of_the_models_covering_them_are_marked():
+    """Study 2's grid, noise-free losses from two laws: one whose optimum lies inside the sizes trained (a = 1/3),
+    one whose optimum lies below them at every compute (a = 1/2). Edges counted from the grid itself: the models
+    whose budgets span each level."""
+    sizes = np.array([808448, 1214976, 1635744, 2463136, 3293952, 5080800, 6824576.0])
+    budgets = np.array([5e3, 1e4, 3e4, 5e4, 1e5, 3e5, 5e5, 1e6])
+    params, tokens = (a.ravel() for a in np.meshgrid(sizes, budgets))
+    inside = ChinchillaLaw(E=2.0, A=3.5623e4, B=300.0, alpha=0.6, beta=0.3)  # N_opt from 7.9e5 to 7.5e6 over the grid
+    outside = ChinchillaLaw(E=2.0, A=200.0, B=200.0, alpha=0.35, beta=0.35)
+    edges = {}
+    for name, law in (("inside", inside), ("outside", outside)):
+        optimal = compute_optimal_points(6 * params * tokens, params, law.loss(params, tokens))
+        covering = [sizes[(6 * sizes * budgets[0] <= c) & (c <= 6 * sizes * budgets[-1])] for c in optimal.flops]
+        expected = [n in (cover.min(), cover.max()) for n, cover in zip(optimal.params, covering)]
+        assert optimal.at_edge.tolist() == expected
+        edges[name] = (int(optimal.at_edge.sum()), len(optimal.flops))
+    assert edges["outside"] == (54, 54) and edges["inside"][0] < 54 / 4

@@ -1,5 +1,7 @@
 """Time- and energy-optimal allocations: the closed form against a numerical minimisation, k = 1 against the
 Chinchilla-style model of the same loss, and the per-token cost fit against its generating power law."""
+import re
+
 import numpy as np
 import pytest
 from scipy.optimize import minimize_scalar
@@ -44,8 +46,9 @@ def test_per_token_cost_recovers_its_power_law():
         fit_per_token_cost("energy", params, tokens, np.full(params.size, np.nan))
 
 
-def synthetic_sweep(path, energy: bool):
-    """A 5 x 5 grid with losses from a known law and step times c·N^0.6 per token (energy: 300 W of it)."""
+def synthetic_sweep(path, energy: bool, branched: bool = False):
+    """A 5 x 5 grid with losses from a known law and step times c·N^0.6 per token (energy: 300 W of it);
+    `branched`: each model's smaller budgets are cooldown branches, their steps 20% of their tokens."""
     import csv
 
     from jaxscale.laws.law import ChinchillaLaw
@@ -54,8 +57,10 @@ def synthetic_sweep(path, energy: bool):
     rows = []
     for n in np.geomspace(1e6, 1e8, 5):
         for d in np.geomspace(1e8, 1e10, 5):
-            seconds = 1e-9 * n**0.6 * d * np.exp(rng.normal(0, 0.01))
+            trained = 0.2 * d if branched and d < 1e10 else d
+            seconds = 1e-9 * n**0.6 * trained * np.exp(rng.normal(0, 0.01))
             rows.append({"model": f"n{n:.0f}", "n_params": n, "tokens": d, "flops": 6 * n * d, "status": "ok",
+                         "compute_tokens": trained,
                          "eval_loss": law.loss(n, d) * np.exp(rng.normal(0, 0.001)), "steps_s": seconds,
                          "steps_energy_j": 300.0 * seconds if energy else "",
                          "energy_source": "counter" if energy else "unavailable"})
@@ -83,6 +88,21 @@ def test_optimal_from_a_sweep_in_time_and_energy(tmp_path, capsys):
         assert result["optimal"][objective] < result["flop_optimal"][objective]
         assert result["optimal"]["flops"] > result["flop_optimal"]["flops"]
     assert result["optimal"]["energy"] == pytest.approx(300.0 * result["optimal"]["time"], rel=0.05)
+
+
+def test_a_branched_sweep_costs_each_token_its_own_steps_trained(tmp_path, capsys):
+    """A branch's steps_s and steps_energy_j cover its cooldown (compute_tokens), not its whole budget."""
+    import json
+
+    from jaxscale.analyze import write_report
+    from jaxscale.laws.__main__ import main
+    synthetic_sweep(tmp_path / "sweep", energy=True, branched=True)
+    assert main(["optimal", "--sweep", str(tmp_path / "sweep"), "--loss", "2.6", "--objective", "time", "--json"]) == 0
+    time = json.loads(capsys.readouterr().out)["per_token"]["time"]
+    assert time["coefficient"] == pytest.approx(1e-9, rel=0.2) and time["exponent"] == pytest.approx(0.6, abs=0.02)
+    report = write_report(tmp_path / "sweep", bootstrap=0).read_text()
+    coefficient, exponent = re.search(r"time (\S+)·N\^(\S+),", report).groups()
+    assert float(coefficient) == pytest.approx(1e-9, rel=0.2) and float(exponent) == pytest.approx(0.6, abs=0.02)
 
 
 def test_energy_objective_without_a_meter_says_so_and_offers_time(tmp_path, capsys):

@@ -58,6 +58,9 @@ class Frontier:
     tokens: np.ndarray
     loss: np.ndarray
     index: np.ndarray  # rows of the input (frontier runs) or of the compute levels (compute-optimal points)
+    # compute-optimal points: the level's model is the smallest or largest of those covering it, so the optimum
+    # there may lie outside the sizes trained (always so where only two models cover a level)
+    at_edge: np.ndarray | None = None
 
 
 def frontier_points(flops, params, tokens, loss) -> Frontier:
@@ -87,25 +90,28 @@ def _model_curves(flops, params, loss):
 
 
 def _lowest_model(flops, params, loss, at_flops):
-    """(loss, N, number of models covering) of the lowest interpolated model curve at each compute in at_flops."""
+    """(loss, N, number of models covering, whether N is the smallest or largest covering) of the lowest
+    interpolated model curve at each compute in at_flops."""
     at = np.log(at_flops)
     best = np.full(at.size, np.inf)
     best_params = np.full(at.size, np.nan)
     covering = np.zeros(at.size, int)
+    smallest, largest = np.full(at.size, np.inf), np.full(at.size, -np.inf)
     for n, log_c, curve_loss in _model_curves(flops, params, loss):
         inside = (at >= log_c[0]) & (at <= log_c[-1])
         curve = np.interp(at, log_c, curve_loss)
         better = inside & (curve < best)
         best[better], best_params[better] = curve[better], n
         covering += inside
-    return best, best_params, covering
+        smallest[inside], largest[inside] = np.minimum(smallest[inside], n), np.maximum(largest[inside], n)
+    return best, best_params, covering, (best_params == smallest) | (best_params == largest)
 
 
 def envelope(flops, params, loss, points: int = 200) -> Envelope:
     """Lower envelope of per-model curves (a model = one parameter count), linear in log compute."""
     flops, params, loss = (np.asarray(v, float) for v in (flops, params, loss))
     grid = np.geomspace(flops.min(), flops.max(), points)
-    best, best_params, _ = _lowest_model(flops, params, loss, grid)
+    best, best_params, _, _ = _lowest_model(flops, params, loss, grid)
     return Envelope(grid, best, best_params)
 
 
@@ -114,15 +120,15 @@ def compute_optimal_points(flops, params, loss, flops_per_token=None) -> Frontie
     by the chosen model's compute per token: `flops_per_token` (one per run), else 6 N."""
     flops, params, loss = (np.asarray(v, float) for v in (flops, params, loss))
     levels = np.unique(flops)
-    best, best_params, covering = _lowest_model(flops, params, loss, levels)
+    best, best_params, covering, at_edge = _lowest_model(flops, params, loss, levels)
     keep = covering >= 2
-    levels, best, best_params = levels[keep], best[keep], best_params[keep]
+    levels, best, best_params, at_edge = levels[keep], best[keep], best_params[keep], at_edge[keep]
     if flops_per_token is None:
         per_token = 6.0 * best_params
     else:
         of_model = dict(zip(params, np.asarray(flops_per_token, float)))
         per_token = np.array([of_model[n] for n in best_params])
-    return Frontier(levels, best_params, levels / per_token, best, np.flatnonzero(keep))
+    return Frontier(levels, best_params, levels / per_token, best, np.flatnonzero(keep), at_edge)
 
 
 @dataclass(frozen=True)

@@ -1,10 +1,11 @@
 """The (N, D) that reaches a loss for the least wall time or energy on the hardware a sweep ran on, beside the
 FLOP-optimal one.
 
-A sweep measures what a training token costs each of its models: seconds (`steps_s / tokens`) and, where a meter
-exists, joules (`steps_energy_j / tokens`). Fitted across the models as c·N^k (log-log least squares), the cost
-of reaching loss ℓ with N parameters is c·N^k·D(N), where D(N) solves L(N, D) = ℓ. With x = A/N^α, setting the
-derivative in log N to zero gives k·β·(ℓ - E - x) = α·x, so
+A sweep measures what a training token costs each of its models: seconds (`steps_s` over the tokens the run's own
+steps trained: its budget, or a branch's cooldown) and, where a meter exists, joules (`steps_energy_j` over them).
+Fitted across the models as c·N^k (log-log least squares), the cost of reaching loss ℓ with N parameters is
+c·N^k·D(N), where D(N) solves L(N, D) = ℓ. With x = A/N^α, setting the derivative in log N to zero gives
+k·β·(ℓ - E - x) = α·x, so
 
     N* = (A·(α + kβ) / (kβ·(ℓ - E)))^(1/α),   D* = (B·(α + kβ) / (α·(ℓ - E)))^(1/β).
 
@@ -54,6 +55,20 @@ def fit_per_token_cost(objective: str, params, tokens, totals) -> PerTokenCost:
     return PerTokenCost(objective, fit.coefficient, fit.exponent, len(sizes))
 
 
+def measured_costs(runs) -> tuple[dict[str, PerTokenCost], dict[str, str]]:
+    """(per-token costs: FLOPs by definition, time and energy where the sweep measured them; why not, for those it
+    did not) from a sweep's runs (jaxscale.analyze.Runs)."""
+    v, trained = runs.values, runs.trained_tokens
+    seconds = v["steps_s"] if np.isfinite(v["steps_s"]).any() else trained / v["tokens_per_s"]
+    costs, missing = {"flops": FLOPS_PER_TOKEN}, {}
+    for name, totals in (("time", seconds), ("energy", v["steps_energy_j"])):
+        try:
+            costs[name] = fit_per_token_cost(name, runs.params, trained, totals)
+        except ValueError as err:
+            missing[name] = str(err)
+    return costs, missing
+
+
 @dataclass(frozen=True)
 class Cheapest:
     objective: str
@@ -83,16 +98,10 @@ def sweep_optimum(sweep_dir, objective: str, loss: float) -> dict:
     if objective not in OBJECTIVES:
         raise InputError(f"--objective {objective!r}: one of {', '.join(OBJECTIVES)}")
     runs = load_runs(sweep_dir)
-    v = runs.values
-    seconds = v["steps_s"] if np.isfinite(v["steps_s"]).any() else v["tokens"] / v["tokens_per_s"]
-    costs = {"flops": FLOPS_PER_TOKEN}
-    for name, totals in (("time", seconds), ("energy", v["steps_energy_j"])):
-        try:
-            costs[name] = fit_per_token_cost(name, runs.params, runs.tokens, totals)
-        except ValueError as err:
-            if name == objective:
-                hint = "; --objective time uses the measured step times" if name == "energy" else ""
-                raise InputError(f"{sweep_dir}: {err} (energy sources: {', '.join(runs.energy_sources)}){hint}") from None
+    costs, missing = measured_costs(runs)
+    if objective in missing:
+        hint = "; --objective time uses the measured step times" if objective == "energy" else ""
+        raise InputError(f"{sweep_dir}: {missing[objective]} (energy sources: {', '.join(runs.energy_sources)}){hint}")
     try:
         law = fit_chinchilla(runs.params, runs.tokens, runs.loss).law
         best, flop_optimal = cheapest(law, loss, costs[objective]), cheapest(law, loss, FLOPS_PER_TOKEN)
