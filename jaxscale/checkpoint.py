@@ -66,10 +66,8 @@ class RunCheckpoints:
             self.manager.close()
         self.manager = self._manager()
 
-    def close(self, remove: bool = False) -> None:
+    def close(self) -> None:
         if not self._closed:
             self._closed = True
             self.manager.wait_until_finished()
             self.manager.close()
-        if remove:
-            shutil.rmtree(self.directory, ignore_errors=True)

@@ -229,8 +229,8 @@ def load_raw(path: str | Path, overrides: list[str] = ()) -> dict:
     if not path.is_file():
         raise ConfigError(f"config file {path} not found")
     try:
-        raw = tomllib.loads(path.read_text())
-    except tomllib.TOMLDecodeError as err:
+        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as err:
         raise ConfigError(f"{path}: not valid TOML ({err})") from None
     raw.setdefault("name", path_part(path.stem))
     check_name(raw["name"])
@@ -241,6 +241,8 @@ def load_raw(path: str | Path, overrides: list[str] = ()) -> dict:
             raise ConfigError(f"unknown section {section!r} in {key}; allowed: {', '.join(SECTIONS)}")
         tables = raw.setdefault(section, {})
         for table in tables if isinstance(tables, list) else [tables]:
+            if not isinstance(table, dict):
+                raise ConfigError(f"[{section}]: expected a table of keys, got {table!r} (so {key} cannot be set)")
             table[leaf] = value
     for section, tables in raw.items():
         if section == "name":
@@ -259,6 +261,8 @@ def _axes(raw: dict) -> list[tuple[str, list]]:
         if section == "name":
             continue
         if isinstance(tables, list):
+            if not tables:
+                raise ConfigError(f"{section}: an empty array of tables sweeps over nothing")
             axes.append((section, tables))
             continue
         types = _field_types(_section_class(section))
@@ -288,9 +292,13 @@ def _build(raw: dict, point: dict) -> Config:
     return Config(name=check_name(raw.get("name", "run")), **sections)
 
 
-def _label(key: str, config: Config) -> str:
+def _label(key: str, point: dict, config: Config) -> str:
+    """A run's label for one sweep axis: a [[model]]'s name, else the axis' values (tokens5000, or a [[train]]
+    table's keys and values: lr0.003-tokens5000)."""
     if key == "model":
         return config.model.label
+    if "." not in key:  # any other array of tables
+        return "-".join(_label(f"{key}.{leaf}", point, config) for leaf in point[key]) or key
     section, leaf = key.split(".")
     value = getattr(getattr(config, section), leaf)
     if isinstance(value, str) and "/" in value:  # a path: init_from_ckpt_llama-7b, the same with or without a last /
@@ -316,7 +324,7 @@ _POSITIVE, _NONNEGATIVE, _FRACTION = Range(0, math.inf, low_open=True), Range(0,
 # Every number of a config. Upper bounds keep values inside what the loader, Grain (seeds < 2**32) and int64
 # arithmetic take, far above any sweep this tool runs; floats are finite already (_coerce).
 RANGES = {
-    "data.seq_len": Range(0, 2**20, low_open=True), "tokenizer.vocab_size": Range(0, 2**24, low_open=True),
+    "data.seq_len": Range(0, 2**20, low_open=True), "tokenizer.vocab_size": Range(256, 2**24),
     "model.d_model": Range(0, 2**16, low_open=True), "model.d_mlp": Range(0, 2**18, low_open=True),
     "model.n_layers": Range(0, 1024, low_open=True), "model.n_heads": Range(0, 2**12),
     "model.n_kv_heads": Range(0, 2**12), "model.rope_theta": _POSITIVE, "model.norm_eps": Range(0, 1, low_open=True),
@@ -376,6 +384,9 @@ def validate(config: Config) -> None:
         raise ConfigError(f"model.n_heads: {n_heads} does not divide model.d_model {m.d_model}")
     if m.n_kv_heads and n_heads % m.n_kv_heads:
         raise ConfigError(f"model.n_kv_heads: {m.n_kv_heads} does not divide n_heads {n_heads}")
+    if m.arch == "llama" and (m.d_model // n_heads) % 2:
+        raise ConfigError(f"model.n_heads: {n_heads} heads of model.d_model {m.d_model} give an odd head size "
+                          f"({m.d_model // n_heads}); RoPE rotates pairs of dimensions, so it must be even")
     if d.source == "dir" and not d.path:
         raise ConfigError("data.path: data.source = 'dir' needs a directory of train/valid/test text")
 
@@ -395,17 +406,21 @@ def expand(raw: dict) -> list[RunSpec]:
         point = dict(zip(keys, combo))
         config = _build(raw, point)
         validate(config)
-        labels = [_label(key, config) for key in point]
+        labels = [_label(key, point, config) for key in point]
         reps = config.sweep.repetitions
         for rep in range(reps):
             seed = config.train.seed if reps == 1 else repetition_seed(config.train.seed, rep)
             cfg = dataclasses.replace(config, train=dataclasses.replace(config.train, seed=seed))
             parts = labels + ([f"rep{rep}"] if reps > 1 else [])
             runs.append(RunSpec(run_id=path_part("-".join(parts) or config.name), config=cfg, repetition=rep))
-    ids = [r.run_id for r in runs]
+    first: dict[str, int] = {}
+    for i, run in enumerate(runs):
+        j = first.setdefault(run.run_id, i)
+        if j != i:
+            raise ConfigError(f"runs {j} and {i} of the sweep are both labelled {run.run_id!r}: a sweep axis repeats a "
+                              "value (e.g. train.tokens = [2048, 2048]), or two [[model]] names differ only in "
+                              f"characters a directory name cannot hold (becoming '_'); allowed in names: {NAME_RULE}")
     runs = [dataclasses.replace(r, run_id=f"{i:03d}-{r.run_id}"[:100]) for i, r in enumerate(runs)]
-    if len(set(ids)) != len(ids):
-        raise ConfigError("two runs of the sweep have the same labels; give each [[model]] a distinct name")
     if runs and runs[0].config.sweep.order == "random":
         random.Random(runs[0].config.sweep.seed).shuffle(runs)
     return runs

@@ -29,11 +29,22 @@ BOS = ("<s>", "<|begin_of_text|>", "<|endoftext|>")
 EOS = ("</s>", "<|end_of_text|>", "<|endoftext|>")
 
 
+def read_object(path: Path) -> dict:
+    """A JSON object the run wrote (config.json, summary.json); a ConfigError naming the file if it is damaged."""
+    try:
+        value = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ConfigError(f"{path}: damaged, not valid JSON ({err})") from None
+    if not isinstance(value, dict):
+        raise ConfigError(f"{path}: damaged, not a JSON object")
+    return value
+
+
 def run_config(run_dir: Path) -> Config:
     path = run_dir / "config.json"
     if not path.is_file():
         raise ConfigError(f"{run_dir}: no config.json; expected a run directory (e.g. runs/NAME/000-...)")
-    raw = json.loads(path.read_text())
+    raw = read_object(path)
     types = typing.get_type_hints(Config)
     try:
         return Config(name=raw["name"], **{s: types[s](**raw[s]) for s in SECTIONS})
@@ -46,7 +57,7 @@ def final_params(run_dir: Path, config: Config) -> tuple[dict, int]:
     import orbax.checkpoint as ocp
 
     summary_path = run_dir / "summary.json"
-    summary = json.loads(summary_path.read_text()) if summary_path.is_file() else {}
+    summary = read_object(summary_path) if summary_path.is_file() else {}
     step_dir = run_dir / "checkpoints" / str(summary.get("steps", "final"))
     if summary.get("status") != "ok" or not (step_dir / "state").is_dir():
         raise ConfigError(f"{run_dir}: no final checkpoint ({step_dir.relative_to(run_dir)}); "

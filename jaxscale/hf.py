@@ -22,6 +22,8 @@ from jaxscale.models import abstract_params
 from jaxscale.models.common import SCANNED, heads
 
 INDEX = "model.safetensors.index.json"
+INT_KEYS = ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads",
+            "head_dim", "vocab_size")
 _EMBEDS = {"tok_embed": "model.embed_tokens.weight", "lm_head": "lm_head.weight", "norm/scale": "model.norm.weight"}
 _BLOCK = {  # jaxscale block parameter -> the HF tensor of layer i
     "attn_norm/scale": "input_layernorm.weight", "mlp_norm/scale": "post_attention_layernorm.weight",
@@ -102,9 +104,15 @@ def read_config(directory: Path) -> dict:
     if not path.is_file():
         raise ConfigError(f"model.init_from: {path} not found (expected a Hugging Face Llama directory)")
     try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as err:
+        config = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise ConfigError(f"model.init_from: {path} is not valid JSON ({err})") from None
+    if not isinstance(config, dict):
+        raise ConfigError(f"model.init_from: {path} is not a model config (a JSON object of keys)")
+    wrong = [k for k in INT_KEYS if k in config and config[k] is not None and type(config[k]) is not int]
+    if wrong:
+        raise ConfigError(f"model.init_from: {path}: {wrong[0]} = {json.dumps(config[wrong[0]])} is not an integer")
+    return config
 
 
 def _read(path: Path):
@@ -114,16 +122,29 @@ def _read(path: Path):
     return safe_open(path, framework="np")
 
 
+def tensor_shapes(path: Path) -> dict[str, tuple[int, ...]]:
+    """Name -> shape of every tensor in a safetensors file, from its header."""
+    try:
+        with _read(path) as f:
+            return {name: tuple(f.get_slice(name).get_shape()) for name in f.keys()}
+    except Exception as err:  # safetensors raises its own SafetensorError (and OSError) for a damaged file
+        raise ConfigError(f"model.init_from: {path} is not a readable safetensors file ({err})") from None
+
+
 def tensor_files(directory: Path) -> dict[str, Path]:
     """HF tensor name -> the safetensors file holding it."""
     index = directory / INDEX
     if index.is_file():
-        return {name: directory / file for name, file in json.loads(index.read_text())["weight_map"].items()}
+        try:
+            weight_map = json.loads(index.read_text())["weight_map"]
+            return {name: directory / file for name, file in weight_map.items()}
+        except (ValueError, KeyError, TypeError, AttributeError):
+            raise ConfigError(f"model.init_from: {index} is not a safetensors index (JSON with a weight_map of "
+                              "tensor name -> file)") from None
     single = directory / "model.safetensors"
     if not single.is_file():
         raise ConfigError(f"model.init_from: {directory} has neither model.safetensors nor {INDEX}")
-    with _read(single) as f:
-        return {name: single for name in f.keys()}
+    return dict.fromkeys(tensor_shapes(single), single)
 
 
 def _rope(hf: dict) -> tuple[float, object]:
@@ -172,8 +193,7 @@ def check_compatible(config: Config, vocab_size: int) -> None:
     files = tensor_files(directory)
     shapes = {}
     for file in set(files.values()):
-        with _read(file) as f:
-            shapes.update({name: tuple(f.get_slice(name).get_shape()) for name in f.keys()})
+        shapes.update(tensor_shapes(file))
     for path, shape in expected_tensors(m, vocab_size).items():
         name, want = llama_names(m.n_layers)[path], hf_shape(path, shape)
         if name not in shapes:

@@ -22,6 +22,7 @@ import jax.numpy as jnp
 
 from jaxscale import runtime, sharding
 from jaxscale.config import Config, ConfigError, expand, load_raw
+from jaxscale.data.tokenize import file_tokenizer
 from jaxscale.models import build_model, count_params, flops_per_token
 from jaxscale.models.common import heads
 from jaxscale.step import abstract_state, compiled_steps, step_key
@@ -88,11 +89,14 @@ def load_target(name: str = "", spec_file: str = "") -> Target:
         if spec_file:
             raise ConfigError(f"--target-spec {spec_file}: no such file")
         raise ConfigError(f"--target {name!r}: not one of {', '.join(known_targets())} (or give --target-spec FILE)")
-    text = path.read_text()
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        text = ""
     memory = re.search(r"device_memory_size:\s*(\d+)", text)
     if not memory:
         raise ConfigError(f"{path}: not a GPU description (a GpuTargetConfig text proto with "
-                          "gpu_device_info {{ device_memory_size: ... }})")
+                          "gpu_device_info { device_memory_size: ... })")
     peak, tf32 = (re.search(rf"#\s*peak_{kind}_tflops:\s*([\d.]+)", text) for kind in ("bf16", "tf32"))
     return Target(path.stem, text, int(memory[1]), float(peak[1]) if peak else None, float(tf32[1]) if tf32 else None)
 
@@ -122,13 +126,8 @@ def fit_line(total: int, memory: int, cfg, mesh) -> str:
 
 
 def vocab_size(config: Config) -> int:
-    path = config.tokenizer.path
-    if path.endswith(".model"):
-        import sentencepiece as spm
-        return spm.SentencePieceProcessor(model_file=path).get_piece_size()
-    if path.endswith(".json"):
-        from tokenizers import Tokenizer
-        return Tokenizer.from_file(path).get_vocab_size()
+    if config.tokenizer.path:
+        return file_tokenizer(Path(config.tokenizer.path)).vocab_size
     return config.tokenizer.vocab_size  # a byte-level BPE trained to (at most) this size
 
 
@@ -323,8 +322,18 @@ def main(argv=None) -> int:
     return 0
 
 
+def check_args(args) -> None:
+    if not 0 < args.mfu <= 1:
+        raise ConfigError(f"--mfu: {args.mfu} is not a fraction in (0, 1]")
+    if not 0 <= args.peak_tflops < math.inf:
+        raise ConfigError(f"--peak-tflops: {args.peak_tflops} is not a finite number >= 0 (0: the target's peak)")
+    if args.devices < 0:
+        raise ConfigError(f"--devices: {args.devices} is negative (0: the config's mesh, else the devices present)")
+
+
 def plan(args) -> None:
     start = time.perf_counter()
+    check_args(args)
     runs, notes = read_config(args.config, args.overrides)
     n = args.devices or fixed_devices(runs)
     given = Peaks(args.peak_tflops, args.peak_tflops) if args.peak_tflops else None

@@ -45,8 +45,12 @@ def check_sweep(raw: dict) -> tuple[list[RunSpec], dict]:
         data = prepare_data(config, data_cache)
         plan_budget(len(data.splits["train"]), seq_len, config.train.batch_size, config.train.tokens,
                     max_epochs=config.data.max_epochs)
-        eval_batches(data.splits["valid"], seq_len, config.train.batch_size, seq_len)
         mesh = mesh_for(config.mesh)
+        shards = sharding.batch_shards(mesh)
+        if config.train.batch_size % shards:
+            raise ConfigError(f"train.batch_size: {config.train.batch_size} is not a multiple of mesh data x fsdp = "
+                              f"{shards} (the batch's rows are split over them)")
+        eval_batches(data.splits["valid"], seq_len, config.train.batch_size, config.train.eval_tokens, shards)
         runtime.resolve(config, runtime.hardware(mesh.devices.flat), data.vocab_size)
         if config.model.init_from:
             hf.check_compatible(config, data.vocab_size)

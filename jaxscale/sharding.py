@@ -131,7 +131,7 @@ def data_shard(mesh: Mesh) -> tuple[int, int]:
     fewer shards when processes share one (then they must feed the same rows). The global batch
     is the processes' rows concatenated in shard order: a row permutation of the single-process
     batch if the loader deals rows out strided, which leaves the (mean) loss unchanged."""
-    n = math.prod(mesh.shape[a] for a in BATCH)
+    n = batch_shards(mesh)
     index_map = batch_sharding(mesh).devices_indices_map((n,))
     rows = sorted({index_map[d][0].indices(n)[0] for d in mesh.local_devices})
     if rows != list(range(rows[0], rows[-1] + 1)):
@@ -141,12 +141,17 @@ def data_shard(mesh: Mesh) -> tuple[int, int]:
     return rows[0] // size, n // size
 
 
+def batch_shards(mesh: Mesh) -> int:
+    """How many pieces a batch's rows are split into (mesh data x fsdp): every batch's rows are a multiple."""
+    return math.prod(mesh.shape[a] for a in BATCH)
+
+
 def shard_batch(batch, mesh: Mesh) -> jax.Array:
     """This process's rows [b, ...] (numpy) -> the global batch [b * shard_count, ...], split over data x fsdp."""
     batch = np.asarray(batch)
     _, count = data_shard(mesh)
     global_shape = (batch.shape[0] * count,) + batch.shape[1:]
-    shards = math.prod(mesh.shape[a] for a in BATCH)
+    shards = batch_shards(mesh)
     if global_shape[0] % shards:
         raise ConfigError(f"train.batch_size {global_shape[0]} is not a multiple of mesh data x fsdp = {shards}")
     if count == 1:  # one process: a plain transfer (make_array_from_process_local_data costs ~0.5 ms more a step)

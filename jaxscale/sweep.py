@@ -26,7 +26,7 @@ RESULT_COLUMNS = [
     "energy_segments", "energy_processes",
     "vocab_size", "flops_per_token_matmul", "compute_tokens", "branched_at_step",
 ]
-STALE_CLAIM_S = 600.0  # a claim not refreshed for this long belongs to a dead worker on another host
+STALE_CLAIM_S = 600.0  # a claim not refreshed for this long belongs to a dead or hung worker
 HEARTBEAT_S = 30.0
 TORN_CLAIM_S = 60.0  # an unreadable claim this old will never be completed
 # A worker's claims are refreshed by a thread, so a long compile, restore, evaluation or trunk keeps them; only
@@ -69,6 +69,26 @@ def _sweep_config(marker: Path) -> dict:
                           "holds: restore it from a backup, or choose another --out") from None
 
 
+_UNSET = object()
+
+
+def _differences(there: dict, here: dict, prefix: str = "") -> list[str]:
+    """What differs between the sweep a directory holds and the one asked for: "train.lr 0.001 there, 0.01 now"."""
+    out = []
+    for key in sorted(set(there) | set(here), key=str):
+        a, b = there.get(key, _UNSET), here.get(key, _UNSET)
+        if isinstance(a, dict) and isinstance(b, dict):
+            out += _differences(a, b, f"{prefix}{key}.")
+        elif a != b:
+            out.append(f"{prefix}{key} {_shown(a)} there, {_shown(b)} now")
+    return out
+
+
+def _shown(value) -> str:
+    text = "unset" if value is _UNSET else json.dumps(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
 class Sweep:
     """`writer`: this process writes the shared files (process 0 of a multi-host job; the others
     only read). `claiming`: runs are taken through claim files; a multi-host job trains every run
@@ -107,8 +127,11 @@ class Sweep:
             create_once(marker, json.dumps({"config": raw, "order": order.order if order else "sequential",
                                             "order_seed": order.seed if order else 0,
                                             "runs": [r.run_id for r in runs]}, indent=2))
-        if _sweep_config(marker) != raw:  # also where a worker of another sweep created it a moment before
-            raise other_results
+        if (recorded := _sweep_config(marker)) != raw:  # also where a worker of another sweep created it just before
+            differences = _differences(recorded, json.loads(json.dumps(raw)))
+            raise ConfigError(f"output directory {self.out} already holds other results (its sweep differs: "
+                              f"{'; '.join(differences[:3]) + ('; ...' if len(differences) > 3 else '')}); "
+                              "choose another --out or remove it")
         self.claims.mkdir(exist_ok=True)
         for left in self.claims.glob(".*.stale.*"):  # renamed away by an older version that kept them
             with contextlib.suppress(FileNotFoundError):
@@ -166,8 +189,8 @@ class Sweep:
             return age > TORN_CLAIM_S
         if not isinstance(owner, dict):
             return age > TORN_CLAIM_S
-        if owner.get("host") == socket.gethostname():
-            return not _pid_alive(owner.get("pid", -1))
+        if owner.get("host") == socket.gethostname() and not _pid_alive(owner.get("pid", -1)):
+            return True  # died here: no need to wait (a live pid may be hung, or another process's reused pid)
         return age > STALE_CLAIM_S
 
     def claim_owner(self, run_id: str) -> dict | None:
@@ -189,8 +212,11 @@ class Sweep:
         if path.exists() and self._stale(path):
             aside = path.with_name(f".{run_id}.stale.{os.getpid()}")
             with contextlib.suppress(FileNotFoundError):
-                path.rename(aside)
-                aside.unlink()  # only the racer whose rename succeeded gets here
+                path.rename(aside)  # only the racer whose rename succeeded goes on
+                if not self._stale(aside):  # another racer's fresh claim replaced the stale one after our look
+                    with contextlib.suppress(FileExistsError):
+                        os.link(aside, path)  # put it back (the same file: its worker goes on refreshing it)
+                aside.unlink()
         if self.summary_path(run_id).is_file():
             return False
         try:

@@ -13,6 +13,7 @@ import json
 import math
 import os
 import shlex
+import shutil
 import signal
 import sys
 import time
@@ -167,8 +168,9 @@ def run_one(spec: RunSpec, data: Prepared, run_dir: Path, progress: Progress, st
     new_batches = lambda: train_iterator(  # noqa: E731
         train_dataset(data.splits["train"], seq_len, train.batch_size, budget.steps, train.seed,
                       shard_index=index, shard_count=count), place=functools.partial(sharding.shard_batch, mesh=mesh))
-    held_out = [sharding.shard_batch(rows[index::count], mesh)
-                for rows in eval_batches(data.splits["valid"], seq_len, train.batch_size, train.eval_tokens)]
+    eval_rows = eval_batches(data.splits["valid"], seq_len, train.batch_size, train.eval_tokens,
+                             sharding.batch_shards(mesh))
+    held_out = [sharding.shard_batch(rows[index::count], mesh) for rows in eval_rows]
     checkpoints = RunCheckpoints(run_dir / "checkpoints", config.checkpoint.keep)
     try:
         state, book, batches = _resume_or_start(spec, model, budget, mesh, checkpoints, new_batches, branch)
@@ -190,6 +192,8 @@ def run_one(spec: RunSpec, data: Prepared, run_dir: Path, progress: Progress, st
                    attention=cfg.attention, loss_mode=train.loss, resolved=resolved)
     if writer:
         write_atomic(run_dir / "summary.json", json.dumps(summary, indent=2))  # other workers read it
+        if not config.checkpoint.final:  # only now: a run killed before its summary resumes from its last checkpoint
+            shutil.rmtree(checkpoints.directory, ignore_errors=True)
     return summary
 
 
@@ -358,7 +362,9 @@ def _train(run: Run, state, book: RunBook) -> dict:
                 events.write(records)
             if failure:
                 break
-            if stop.received:
+            if step + 1 in trunk_points:  # before a stop: a branch starts here, and the resumed loop starts after it
+                save_trunk_point(step + 1)
+            if stop.received and step + 1 < budget.steps:  # (at the last step the run ends as usual: nothing is left)
                 log.flush()
                 book.energy.append(sum_over_processes(sampler.stop().as_row()))
                 save(step + 1, wait=True, live=False)
@@ -369,8 +375,6 @@ def _train(run: Run, state, book: RunBook) -> dict:
                     trunk.close()
                 raise Interrupted(f"{stop.received} at step {step + 1}/{budget.steps} of run {spec.run_id}; "
                                   "checkpoint saved")
-            if step + 1 in trunk_points:
-                save_trunk_point(step + 1)
             if config.checkpoint.every and (step + 1) % config.checkpoint.every == 0 and step + 1 < budget.steps:
                 save(step + 1)
             busy_since = time.perf_counter()
@@ -379,9 +383,9 @@ def _train(run: Run, state, book: RunBook) -> dict:
 
     summary = _summarise(run, book, state, eval_step, failure, events)
     run.heartbeat()  # a run another worker has taken over meanwhile: its checkpoints and summary are theirs
-    if config.checkpoint.final and not failure:
-        save(budget.steps, wait=True, live=False)
-    checkpoints.close(remove=not config.checkpoint.final)
+    if config.checkpoint.final and not failure and budget.steps not in checkpoints.manager.all_steps():
+        save(budget.steps, wait=True, live=False)  # (a segment killed after this save left it: the same state)
+    checkpoints.close()
     if trunk:
         trunk.close()
     if events:

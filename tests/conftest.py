@@ -1,4 +1,5 @@
 import os
+import signal
 import subprocess
 from pathlib import Path
 
@@ -26,6 +27,21 @@ def dead_pid() -> int:
     proc = subprocess.Popen(["true"])
     proc.wait()
     return proc.pid
+
+
+def sigterm_at(monkeypatch, step: int, steps: int | None = None) -> None:
+    """A real SIGTERM to this process while the first run to reach `step` (of `steps`) records it."""
+    from jaxscale.progress import Progress
+
+    sent, record = [], Progress.step
+
+    def step_then_signal(self, done, total, *args):
+        if done == step and total == (steps or total) and not sent:
+            sent.append(done)
+            os.kill(os.getpid(), signal.SIGTERM)
+        record(self, done, total, *args)
+
+    monkeypatch.setattr(Progress, "step", step_then_signal)
 
 
 # compiling or tracing for CUDA (cuDNN attention among it) needs the plugin, not a GPU

@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from conftest import ROOT
+from conftest import ROOT, sigterm_at
 from jaxscale.branch import plan_branches, steps_of, worker_share
 from jaxscale.config import ConfigError, expand
 
@@ -108,6 +108,24 @@ def test_a_worker_helping_others_trains_their_branches_once_its_trunk_is_saved(t
     trained = [line.split()[2] for line in log.splitlines() if line.startswith("run ")]
     assert trained == ["002-tokens5120", "001-tokens2560", "000-tokens1280"]  # the trunk, then the last first
     assert {t: r["eval_loss"] for t, r in helped.items()} == {t: r["eval_loss"] for t, r in alone.items()}
+
+
+def test_a_stop_at_a_branch_point_still_saves_it(tmp_path, monkeypatch, capsys):
+    """The trunk (40 steps) passes the 1280-token budget's cooldown start at step 7: a SIGTERM recorded there stops
+    the trunk after saving that point, so the branch can start from it when the sweep resumes."""
+    from jaxscale.train import main
+
+    config = tmp_path / "c.toml"
+    config.write_text(CONFIG)
+    args = ["--config", str(config), "--out", str(tmp_path / "out"), "--quiet", "sweep.branch=true"]
+    sigterm_at(monkeypatch, 7, 40)
+    assert main(args) == 143
+    assert "SIGTERM at step 7/40" in capsys.readouterr().err
+    assert main(args) == 0
+    with open(tmp_path / "out" / "results.csv") as f:
+        rows = {row["tokens"]: row for row in csv.DictReader(f)}
+    assert {t: (r["status"], r["branched_at_step"]) for t, r in rows.items()} == {
+        "1280": ("ok", "7"), "2560": ("ok", "15"), "5120": ("ok", "")}
 
 
 def test_a_rerun_trains_nothing_again(tmp_path):

@@ -56,10 +56,35 @@ def test_overrides_are_toml_values_or_strings(tmp_path):
     ("[model]\nd_model = 30\nn_heads = 4\n", r"model.n_heads: 4 does not divide model.d_model 30"),
     ("[train]\nlr = -1.0\n", r"train.lr: must be >= 0"),
     ("[train]\ntokens = []\n", r"train.tokens: an empty list"),
+    ("model = []\n", r"model: an empty array of tables sweeps over nothing"),
+    ("[model]\narch = 'llama'\nd_model = 24\nn_heads = 8\n", r"model.n_heads: 8 heads .* odd head size \(3\)"),
+    ("[tokenizer]\nvocab_size = 100\n", r"tokenizer.vocab_size: must be >= 256, got 100"),
+    ("[train]\ntokens = [2048, 2048]\nbatch_size = 2\n[data]\nseq_len = 8\n",
+     r"runs 0 and 1 of the sweep are both labelled 'tokens2048'"),
+    ("[[model]]\nname = 'a/b'\n[[model]]\nname = 'a_b'\n", r"both labelled 'a_b'"),
 ])
 def test_bad_config_names_the_key(tmp_path, text, message):
     with pytest.raises(ConfigError, match=message):
         expand(load_raw(write(tmp_path, text)))
+
+
+def test_arrays_of_any_section_are_labelled_by_their_values(tmp_path):
+    path = write(tmp_path, "[data]\nseq_len = 8\n[[train]]\nbatch_size = 4\ntokens = 1024\n[[train]]\nbatch_size = 2\n")
+    runs = expand(load_raw(path))
+    assert [r.run_id for r in runs] == ["000-batch_size4-tokens1024", "001-batch_size2"]
+    assert [(r.config.train.batch_size, r.config.train.tokens) for r in runs] == [(4, 1024), (2, 100_000)]
+
+
+@pytest.mark.parametrize("content, override, message", [
+    (b"data = 5\n", "data.seq_len=3", r"\[data\]: expected a table of keys, got 5 \(so data.seq_len cannot be set\)"),
+    (b"model = [1]\n", "model.d_model=3", r"\[model\]: expected a table of keys, got 1"),
+    (b"\x00\xff\xfe", None, r"c.toml: not valid TOML \('utf-8' codec can't decode"),
+])
+def test_a_file_that_is_not_a_config_of_tables_is_one_error(tmp_path, content, override, message):
+    path = tmp_path / "c.toml"
+    path.write_bytes(content)
+    with pytest.raises(ConfigError, match=message):
+        load_raw(path, [override] if override else [])
 
 
 def test_missing_config_file(tmp_path):

@@ -208,6 +208,35 @@ def test_eval_batches_are_the_first_windows_in_order():
     assert batches[0][:, 0].tolist() == [0, 4, 8]
 
 
+def test_eval_batches_split_evenly_over_the_mesh():
+    tokens = np.arange(101, dtype=np.uint16)  # 25 windows of 4 + 1
+    batches = eval_batches(tokens, seq_len=4, batch_size=8, max_tokens=20, multiple=2)  # 5 windows: 4 of them
+    assert [b[:, 0].tolist() for b in batches] == [[0, 4, 8, 12]]
+    with pytest.raises(ConfigError, match=r"train.eval_tokens: 1 held-out window\(s\) of data.seq_len 4 cannot be "
+                                          r"split over mesh data x fsdp = 8; allowed: at least 32 tokens"):
+        eval_batches(tokens, seq_len=4, batch_size=8, max_tokens=4, multiple=8)
+
+
+def test_files_that_are_not_text_or_tokenizers_are_named(tmp_path, monkeypatch):
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    for split in ("train", "valid", "test"):
+        (corpus / f"{split}.txt").write_text("plain text\n")
+    (corpus / "valid.txt").write_bytes(b"caf\xe9\n")  # Latin-1
+    with pytest.raises(ConfigError, match=r"data.path: .*valid.txt is not UTF-8 text"):
+        from_directory(corpus)
+    for name, content, words in (("t.json", '{"a": 1}', "is not a Hugging Face tokenizer.json"),
+                                 ("t.model", "not a model", "is not a SentencePiece model"),
+                                 ("t.txt", "", "is neither a Hugging Face tokenizer.json nor a SentencePiece")):
+        (tmp_path / name).write_text(content)
+        with pytest.raises(ConfigError, match=f"tokenizer.path: .*{name} {words}") as err:
+            load_tokenizer(TokenizerConfig(path=str(tmp_path / name)), None)
+        assert "\n" not in str(err.value)
+    monkeypatch.setenv("JAXSCALE_CACHE", str(tmp_path / "t.txt"))
+    with pytest.raises(ConfigError, match=r"JAXSCALE_CACHE: .*t.txt is a file; it must name a directory"):
+        load_corpus(DataConfig())  # the embedded corpus, harvested into the cache
+
+
 @needs_shared(ENWIKI)
 def test_a_given_path_overrides_the_configs_source():
     corpus = load_corpus(DataConfig(source="hf", path=str(ENWIKI)))

@@ -164,6 +164,14 @@ def test_export_refuses_a_non_empty_out_dir_and_a_run_without_final_checkpoint(l
     err = capsys.readouterr().err
     assert "checkpoint.final=true" in err and len(err.strip().splitlines()) == 1
     assert not (tmp_path / "new").exists()
+    for damaged in ("config.json", "summary.json"):
+        copy = tmp_path / damaged
+        shutil.copytree(run_dir, copy, ignore=shutil.ignore_patterns("checkpoints"))
+        (copy / damaged).write_text("{bad")
+        assert export_main([str(copy), str(tmp_path / "new")]) == 2
+        err = capsys.readouterr().err
+        assert f"{damaged}: damaged, not valid JSON" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "new").exists()
 
 
 @pytest.fixture(scope="module")
@@ -321,3 +329,22 @@ def test_init_from_as_a_sweep_axis_names_each_run_inside_the_sweep(tmp_path):
     ids = [spec.run_id for spec in expand(raw)]
     assert ids == ["000-init_from_ckpt_a_b_llama-7b", "001-init_from_ckpt_llama-13b"]  # a path's parts, never a path
     assert all(run_path(tmp_path, i).parent == tmp_path for i in ids)
+
+
+def test_damaged_checkpoint_files_are_named(hf_llama, tmp_path):
+    root, vocab = hf_llama
+    heads = json.loads((root / "single" / "config.json").read_text())["num_attention_heads"]
+    cases = [  # (file, its new content, what the error says)
+        ("config.json", "[1, 2]", "config.json is not a model config"),
+        ("config.json", None, f'num_attention_heads = "{heads}" is not an integer'),
+        ("model.safetensors", "\x00\xff" * 64, "model.safetensors is not a readable safetensors file"),
+        (hf.INDEX, '{"metadata": {}}', "is not a safetensors index"),
+    ]
+    for i, (name, content, words) in enumerate(cases):
+        changes = {} if content else {"num_attention_heads": str(heads)}
+        directory = edited(root / "single", tmp_path / str(i), **changes)
+        if content:
+            (directory / name).write_text(content)
+        with pytest.raises(ConfigError, match=words) as err:
+            hf.check_compatible(Config(model=ModelConfig(arch="llama", **LLAMA, init_from=str(directory))), vocab)
+        assert "\n" not in str(err.value)

@@ -86,10 +86,18 @@ def test_fit_from_flops_column_with_options_prints_a_table(capsys, runs_csv):
         (["optimal", "--loss", "1.5", "--inference-tokens", "1e12"], "must exceed the irreducible loss E = 1.69"),
         ([a if a != "fp8" else "int4" for a in COST_ARGS], "invalid choice: 'int4'"),
         (COST_ARGS[:-2] + ["--decode-mfu", "0"], "decode mfu must be in (0, 1]"),
+        (["optimal", "--loss", "2", "--inference-tokens", "1e12", "--alpha", "0"], "--alpha: 0.0 is not a finite number > 0"),
+        (["optimal", "--loss", "2", "--inference-tokens", "1e12", "--E", "nan"], "--E: nan is not a finite number >= 0"),
+        (["optimal", "--loss", "1e300", "--inference-tokens", "1e12"], "--loss: the law reaches 1e+300 with less than one"),
+        (["optimal", "--loss", "2", "--inference-tokens", "inf"], "--inference-tokens: inf is not a finite number >= 0"),
+        (["fit", "{csv}", "--params-col", ","], "--params-col ',': names no column"),
+        (["fit", "{binary}"], "not a CSV table of UTF-8 text"),
     ],
 )
 def test_bad_input_is_one_line_and_exit_code_2(capsys, runs_csv, argv, expected):
-    argv = [a.replace("{csv}", str(runs_csv)) for a in argv]
+    binary = runs_csv.with_name("binary.csv")
+    binary.write_bytes(b"N,D\n\xff\xfe\x00\n")
+    argv = [a.replace("{csv}", str(runs_csv)).replace("{binary}", str(binary)) for a in argv]
     try:
         code = main(argv)
     except SystemExit as exit_:  # argparse's own errors

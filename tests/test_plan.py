@@ -151,6 +151,19 @@ def test_a_gpu_too_small_gets_what_to_change(tmp_path):
     assert "loss blocked" in out
 
 
+@pytest.mark.parametrize("args, message", [
+    (["--mfu", "0"], "--mfu: 0.0 is not a fraction in (0, 1]"),
+    (["--mfu", "nan"], "--mfu: nan is not a fraction"),
+    (["--peak-tflops", "-5"], "--peak-tflops: -5.0 is not a finite number >= 0"),
+    (["--devices", "-1"], "--devices: -1 is negative"),
+    (["tokenizer.path=" + __file__], "is neither a Hugging Face tokenizer.json nor a SentencePiece .model"),
+])
+def test_bad_numbers_and_files_are_one_line_errors(capsys, args, message):
+    assert main(["--config", str(TINYLLAMA), "--no-xla", *args]) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and len(err.splitlines()) == 1
+
+
 def test_unknown_target_and_bad_spec_are_one_line_errors(tmp_path):
     code, out, err = plan_cli("--target", "h900")
     assert code == 2 and "--target 'h900': not one of a100-80, h100, h200" in err

@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from conftest import ROOT, dead_pid
+from conftest import ROOT, dead_pid, sigterm_at
 from jaxscale import train
 from jaxscale.config import ConfigError, expand, load_raw
 from jaxscale import sweep as sweeps
@@ -99,7 +99,7 @@ def test_model_names_with_a_slash_train_in_sanitised_run_directories(tmp_path):
 
 def test_two_models_whose_names_sanitise_alike_are_an_error(tmp_path):
     text = TWO_MODELS.replace('name = "org/b"', 'name = "org_a"')
-    with pytest.raises(ConfigError, match="same labels"):
+    with pytest.raises(ConfigError, match="both labelled .org_a.: .* two \\[\\[model\\]\\] names differ only in characters"):
         expand(load_raw(write(tmp_path, text)))
 
 
@@ -177,6 +177,81 @@ def test_a_claim_torn_by_a_kill_is_taken_over_once_it_is_old(tmp_path):
     os.utime(claims[0], (0, 0))
     assert sweep.state(runs[0].run_id) == "pending" and sweep.state(runs[1].run_id) == "running"
     assert sweep.claim(runs[0].run_id) and not sweep.claim(runs[1].run_id)
+
+
+def test_a_claim_of_a_live_process_here_that_stopped_refreshing_it_goes_stale(tmp_path):
+    """A hung worker on this host (or a dead one whose pid another process now has) keeps a live pid: its claim
+    goes stale by age, as on any other host."""
+    raw, runs, out = plain_sweep(tmp_path)
+    sweep = Sweep(out, raw, runs)
+    claims = [sweep.claims / f"{r.run_id}.claim" for r in runs]
+    for claim in claims:
+        claim.write_text(json.dumps({"host": socket.gethostname(), "pid": os.getppid(), "since": 0}))
+    old = time.time() - sweeps.STALE_CLAIM_S - 60
+    os.utime(claims[0], (old, old))
+    assert sweep.state(runs[0].run_id) == "pending" and sweep.state(runs[1].run_id) == "running"
+    assert sweep.claim(runs[0].run_id) and not sweep.claim(runs[1].run_id)
+
+
+def test_a_fresh_claim_that_replaced_a_stale_one_after_the_look_is_not_taken(tmp_path, monkeypatch):
+    """Two workers see the same stale claim; the first takes it over before the second renames it away: the second
+    must leave the first's claim in place (else both train the run)."""
+    raw, runs, out = plain_sweep(tmp_path)
+    sweep = Sweep(out, raw, runs)
+    claim = sweep.claims / f"{runs[0].run_id}.claim"
+    claim.write_text(json.dumps({"host": socket.gethostname(), "pid": dead_pid(), "since": 0}))
+    fresh = json.dumps({"host": "node07", "pid": 4242, "since": time.time()})
+    judge = Sweep._stale
+
+    def look_then_lose_the_race(self, path):
+        stale = judge(self, path)
+        if path == claim and stale and "node07" not in path.read_text():
+            claim.unlink()
+            claim.write_text(fresh)  # the other worker's takeover, between our look and our rename
+        return stale
+
+    monkeypatch.setattr(Sweep, "_stale", look_then_lose_the_race)
+    assert not sweep.claim(runs[0].run_id)
+    assert claim.read_text() == fresh and not list(sweep.claims.glob(".*"))
+
+
+def test_a_run_stopped_or_killed_at_its_end_with_a_final_checkpoint_ends_ok(tmp_path, monkeypatch, capsys):
+    """A SIGTERM at a run's last step lets it finish (the sweep stops after it); a run whose summary is gone after
+    its final checkpoint was saved (a kill between the two, or a retry by deleting summary.json) resumes at its
+    last step and ends ok, keeping that checkpoint."""
+    config = write(tmp_path, PLAIN)
+    out = tmp_path / "out"
+    args = ["--config", str(config), "--out", str(out), "--quiet", "checkpoint.final=true", "checkpoint.every=2"]
+    sigterm_at(monkeypatch, 8, 8)
+    assert train.main(args) == 143
+    assert "SIGTERM between runs" in capsys.readouterr().err
+    assert train.main(args) == 0
+    (out / "000-a" / "summary.json").unlink()
+    assert train.main(args) == 0
+    rows = {r["run_id"]: r for r in json.loads((out / "manifest.json").read_text())["runs"]}
+    assert {k: r["state"] for k, r in rows.items()} == {"000-a": "ok", "001-b": "ok"}
+    assert json.loads((out / "000-a" / "summary.json").read_text())["resumed_at_steps"] == [8]
+    assert (out / "000-a" / "checkpoints" / "8").is_dir()
+
+
+def test_a_run_killed_as_it_writes_its_summary_resumes_from_its_last_checkpoint(tmp_path, monkeypatch):
+    raw, runs, out = plain_sweep(tmp_path)
+    raw["checkpoint"] = {"every": 4}
+    write_summary = train.write_atomic
+
+    def killed_at_the_summary(path, text):
+        if path.name == "summary.json":
+            raise KeyboardInterrupt  # stands in for SIGKILL
+        write_summary(path, text)
+
+    monkeypatch.setattr(train, "write_atomic", killed_at_the_summary)
+    with pytest.raises(KeyboardInterrupt):
+        train.run_sweep(raw, out, quiet=True)
+    monkeypatch.setattr(train, "write_atomic", write_summary)
+    train.run_sweep(raw, out, quiet=True)
+    summary = json.loads((out / runs[0].run_id / "summary.json").read_text())
+    assert summary["status"] == "ok" and summary["resumed_at_steps"] == [4]  # its last checkpoint
+    assert not (out / runs[0].run_id / "checkpoints").exists()
 
 
 def claimed_elsewhere(sweep, run_id, host="node07", pid=4242):

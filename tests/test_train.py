@@ -74,10 +74,26 @@ def test_bad_input_is_one_line_exit_2_and_writes_nothing(tmp_path, override, mes
     assert not out.exists()
 
 
+def test_batches_the_mesh_cannot_split_stop_before_anything_is_written(tmp_path):
+    """On 8 devices (data 8): a train batch of 4 rows, or a held-out split of 1 window, is refused up front; the
+    corrected command then runs in the same directory."""
+    env = {**__import__("os").environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=8"}
+    out = tmp_path / "out"
+    base = [sys.executable, "-m", "jaxscale.train", "--config", str(SMOKE), "--out", str(out), "--quiet",
+            "train.tokens=512"]
+    for override, message in (("train.batch_size=4", "train.batch_size: 4 is not a multiple of mesh data x fsdp = 8"),
+                              ("train.eval_tokens=32", "train.eval_tokens: 1 held-out window(s) of data.seq_len 32")):
+        proc = subprocess.run(base + [override], capture_output=True, text=True, cwd=ROOT, env=env)
+        assert proc.returncode == 2 and proc.stderr.startswith(f"error: {message}"), proc.stderr
+        assert not out.exists()
+    assert subprocess.run(base, capture_output=True, cwd=ROOT, env=env).returncode == 0
+    assert [r["status"] for r in read_results(out)] == ["ok", "ok"]
+
+
 def test_existing_results_are_never_overwritten(smoke_sweep, tmp_path, capsys):
     before = (smoke_sweep / "results.csv").read_bytes()
     assert main(["--config", str(SMOKE), "--out", str(smoke_sweep), "train.lr=0.01"]) == 2
-    assert "already holds other results" in capsys.readouterr().err
+    assert "already holds other results (its sweep differs: train.lr 0.003 there, 0.01 now)" in capsys.readouterr().err
     assert (smoke_sweep / "results.csv").read_bytes() == before
 
 

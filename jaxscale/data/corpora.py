@@ -25,7 +25,10 @@ _FILE_NAMES = {  # WikiText raw layout first, then plain names
 
 def cache_root() -> Path:
     """Where harvested corpora, trained tokenizers and token arrays are kept ($JAXSCALE_CACHE)."""
-    return Path(os.environ.get("JAXSCALE_CACHE", Path.home() / ".cache" / "jaxscale"))
+    root = Path(os.environ.get("JAXSCALE_CACHE", Path.home() / ".cache" / "jaxscale"))
+    if root.exists() and not root.is_dir():
+        raise ConfigError(f"JAXSCALE_CACHE: {root} is a file; it must name a directory (created if missing)")
+    return root
 
 
 @dataclass(frozen=True)
@@ -63,7 +66,10 @@ def from_directory(path: Path) -> Corpus:
         found = next((path / n for n in names if (path / n).is_file()), None)
         if found is None:
             raise ConfigError(f"data.path: {path} has no {split} split; expected one of {', '.join(names)}")
-        splits[split] = found.read_text(encoding="utf-8")
+        try:
+            splits[split] = found.read_text(encoding="utf-8")
+        except UnicodeDecodeError as err:
+            raise ConfigError(f"data.path: {found} is not UTF-8 text ({err.reason} at byte {err.start})") from None
     return Corpus(name=path.name, splits=splits)
 
 

@@ -78,13 +78,19 @@ def train_iterator(ds: grain.MapDataset, place=None) -> grain.DatasetIterator:
     return iter((ds.map(place) if place else ds).to_iter_dataset(READ_OPTIONS))
 
 
-def eval_batches(tokens: np.ndarray, seq_len: int, batch_size: int, max_tokens: int) -> list[np.ndarray]:
-    """The first windows of a held-out split, in order, as whole batches (at least one window)."""
+def eval_batches(tokens: np.ndarray, seq_len: int, batch_size: int, max_tokens: int,
+                 multiple: int = 1) -> list[np.ndarray]:
+    """The first windows of a held-out split, in order, as whole batches (at least one window) whose rows are a
+    multiple of `multiple` (the batch's shards over the mesh)."""
     windows = _Windows(tokens, seq_len)
     n = min(len(windows), max(1, max_tokens // seq_len))
     if n == 0:
         raise ConfigError(f"data.seq_len: the held-out (valid) split has {len(tokens)} tokens, fewer than one window "
                           f"of seq_len + 1 = {seq_len + 1}; use a smaller data.seq_len or a larger valid split")
-    rows = np.stack([windows[i] for i in range(n)])
-    size = min(batch_size, n)
-    return [rows[i:i + size] for i in range(0, n - n % size, size)]
+    size = min(batch_size, n) // multiple * multiple
+    if size == 0:
+        raise ConfigError(f"train.eval_tokens: {n} held-out window(s) of data.seq_len {seq_len} cannot be split over "
+                          f"mesh data x fsdp = {multiple}; allowed: at least {multiple * seq_len} tokens, from a valid "
+                          f"split of at least {multiple * seq_len + 1}")
+    rows = np.stack([windows[i] for i in range(n - n % size)])
+    return [rows[i:i + size] for i in range(0, len(rows), size)]

@@ -72,19 +72,27 @@ def _file_digest(path: Path) -> str:
 
 
 def load_tokenizer(cfg: TokenizerConfig, corpus: Corpus) -> Tokenizer:
-    if not cfg.path:
-        return trained_bpe(corpus, cfg.vocab_size)
-    path = Path(cfg.path)
+    return file_tokenizer(Path(cfg.path)) if cfg.path else trained_bpe(corpus, cfg.vocab_size)
+
+
+def file_tokenizer(path: Path) -> Tokenizer:
+    """A Hugging Face tokenizer.json or a SentencePiece .model (tokenizer.path)."""
     if not path.is_file():
         raise ConfigError(f"tokenizer.path: file {path} not found (.json or .model)")
     if path.suffix == ".json":
         from tokenizers import Tokenizer as HFTokenizer
-        tok = HFTokenizer.from_file(str(path))
+        try:
+            tok = HFTokenizer.from_file(str(path))
+        except Exception as err:  # the tokenizers library raises plain Exception for a file it cannot read
+            raise ConfigError(f"tokenizer.path: {path} is not a Hugging Face tokenizer.json ({err})") from None
         encode = lambda texts: [e.ids for e in tok.encode_batch(texts, add_special_tokens=False)]  # noqa: E731
         return Tokenizer(path.name, tok.get_vocab_size(), _file_digest(path), encode)
     if path.suffix == ".model":
         import sentencepiece as spm
-        sp = spm.SentencePieceProcessor(model_file=str(path))
+        try:
+            sp = spm.SentencePieceProcessor(model_file=str(path))
+        except (RuntimeError, OSError) as err:
+            raise ConfigError(f"tokenizer.path: {path} is not a SentencePiece model ({err})") from None
         encode = lambda texts: sp.encode(texts, num_threads=-1)  # noqa: E731
         return Tokenizer(path.name, sp.get_piece_size(), _file_digest(path), encode)
     raise ConfigError(f"tokenizer.path: {path} is neither a Hugging Face tokenizer.json nor a SentencePiece .model")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 from pathlib import Path
 
@@ -83,7 +84,19 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _law(args) -> ChinchillaLaw:
-    return ChinchillaLaw(E=args.E, A=args.A, B=args.B, alpha=args.alpha, beta=args.beta)
+    """The law of --E --A --B --alpha --beta, checked, and --loss checked against it."""
+    for name in ("E", "A", "B", "alpha", "beta"):
+        value, positive = getattr(args, name), name != "E"
+        if not ((0 < value) if positive else (0 <= value)) or not value < math.inf:
+            raise InputError(f"--{name}: {value} is not a finite number {'> 0' if positive else '>= 0'}")
+    law = ChinchillaLaw(E=args.E, A=args.A, B=args.B, alpha=args.alpha, beta=args.beta)
+    if not args.loss < math.inf:
+        raise InputError(f"--loss: {args.loss} is not a finite number")
+    params, tokens = law.chinchilla_for_loss(args.loss)  # raises for a loss at or below E
+    if not (params >= 1 and tokens >= 1):
+        raise InputError(f"--loss: the law reaches {args.loss} with less than one parameter or token "
+                         f"(N = {params:.3g}, D = {tokens:.3g}); give a loss closer to E = {law.E}")
+    return law
 
 
 def run_fit(args) -> dict:
@@ -92,6 +105,9 @@ def run_fit(args) -> dict:
         args.csv = str(Path(args.csv) / "results.csv")
     columns, rows = read_csv(args.csv)
     counts = [c.strip() for c in args.params_col.split(",") if c.strip()]
+    if not counts:
+        raise InputError(f"--params-col {args.params_col!r}: names no column (e.g. n_params, or "
+                         "n_params,n_params_nonembed)")
     if len(counts) == 1:
         return _run_fit(args, columns, rows, counts[0])
     return {"conventions": {column: _run_fit(args, columns, rows, column) for column in counts}}
@@ -153,6 +169,8 @@ def run_optimal(args) -> dict:
         return sweep_optimum(args.sweep, args.objective, args.loss)
     if args.inference_tokens is None:
         raise InputError("--inference-tokens is required (or give --sweep DIR)")
+    if not 0 <= args.inference_tokens < math.inf:
+        raise InputError(f"--inference-tokens: {args.inference_tokens} is not a finite number >= 0")
     law = _law(args)
     return {
         "optimal": inference_optimal(law, args.loss, args.inference_tokens).as_dict(),

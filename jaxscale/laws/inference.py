@@ -9,6 +9,7 @@ weighted by their price relative to a training FLOP (prefill and decode at their
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -141,8 +142,8 @@ class InferenceDemand:
 
     def __post_init__(self):
         for name, value in asdict(self).items():
-            if not value >= 0:
-                raise ValueError(f"{name.replace('_', ' ')} must be >= 0, got {value}")
+            if not 0 <= value < math.inf:
+                raise ValueError(f"{name.replace('_', ' ')} must be a finite number >= 0, got {value}")
 
     @property
     def input_tokens(self) -> float:

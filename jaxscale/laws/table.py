@@ -16,10 +16,13 @@ def read_csv(path) -> tuple[list[str], list[dict[str, str]]]:
     path = Path(path)
     if not path.is_file():
         raise InputError(f"file not found: {path}" + (" (a directory)" if path.is_dir() else ""))
-    with path.open(newline="") as handle:
-        reader = csv.DictReader(handle)
-        rows = list(reader)
-        columns = list(reader.fieldnames or [])
+    try:
+        with path.open(newline="", encoding="utf-8") as handle:
+            reader = csv.DictReader(handle)
+            rows = list(reader)
+            columns = list(reader.fieldnames or [])
+    except (UnicodeDecodeError, csv.Error) as err:
+        raise InputError(f"{path}: not a CSV table of UTF-8 text ({err})") from None
     if not columns:
         raise InputError(f"{path}: empty file, expected a header row")
     return columns, rows
