@@ -93,6 +93,12 @@ def combine_energy(segments: list[dict]) -> dict:
     for key in additive:
         values = [s.get(key, 0.0) for s in segments]
         combined[key] = None if None in values else sum(values)
+    unmeasured = [i for i, s in enumerate(segments) if s.get("energy_j") is None]
+    if unmeasured and len(segments) > 1:  # the total is unavailable: say which segment lacked it, and why
+        first = segments[unmeasured[0]]
+        combined["energy_source"] = "unavailable"
+        combined["energy_reason"] = (f"segment {unmeasured[0] + 1} of {len(segments)} measured no energy: "
+                                     f"{first.get('energy_reason') or first.get('energy_source')}")
     peaks = [s["power_peak_w"] for s in segments if s["power_peak_w"] is not None]
     combined["power_peak_w"] = max(peaks) if peaks else None
     energy, duration = combined["energy_j"], combined["duration_s"]
@@ -140,6 +146,11 @@ def sum_over_processes(row: dict) -> dict:
     energy, duration = total["energy_j"], total["duration_s"]
     total["power_mean_w"] = energy / duration if energy is not None and duration else None
     total["energy_processes"] = jax.process_count()
+    if energy is None and row["energy_j"] is not None:  # another process measured nothing
+        lacking = [i for i, values in enumerate(every) if np.isnan(values[summed.index("energy_j")])]
+        total["energy_source"] = "unavailable"
+        total["energy_reason"] = (f"process(es) {', '.join(map(str, lacking))} of {jax.process_count()} measured "
+                                  "no energy")
     # each process's own figures (its windows start and end at its own times: one waits for another at start-up)
     total["by_process"] = [{k: None if np.isnan(x) else float(x) for k, x in zip(keys, values)} for values in every]
     return total
@@ -418,8 +429,10 @@ def _summarise(run: Run, book: RunBook, state, eval_step, failure, events) -> di
         summary["eval_ppl"] = math.exp(min(summary["eval_loss"], 700))
         if events:
             events.scalar("eval/loss", summary["eval_loss"], budget.steps)
-    # every segment's windows (steps, compile, eval, checkpoint): energy and duration, summed
-    summary.update(combine_energy(book.energy + [sum_over_processes(sampler.stop().as_row())]))
+    # every segment's windows (steps, compile, eval, checkpoint): energy and duration, summed; this segment's row
+    # joins the book, so a final checkpoint saved after this carries it
+    book.energy.append(sum_over_processes(sampler.stop().as_row()))
+    summary.update(combine_energy(book.energy))
     step_times = [r["step_s"] for r in records]
     losses = [r["loss"] for r in records]
     summary.update(

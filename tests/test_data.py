@@ -237,6 +237,45 @@ def test_files_that_are_not_text_or_tokenizers_are_named(tmp_path, monkeypatch):
         load_corpus(DataConfig())  # the embedded corpus, harvested into the cache
 
 
+@needs_shared(GPT2)
+def test_a_damaged_token_cache_is_tokenised_again(tmp_path, monkeypatch):
+    """Truncated, emptied, or zeroed in place (what a crash before the disk flushed can leave): each is noticed and
+    the split tokenised again, to the ids the tokenizer gives the text."""
+    from jaxscale.data.corpora import Corpus
+
+    monkeypatch.setenv("JAXSCALE_CACHE", str(tmp_path))
+    corpus = Corpus("tiny", {split: f"The {split} split, which has a few words in it.\n" * 50 for split in
+                             ("train", "valid", "test")})
+    tokenizer = load_tokenizer(TokenizerConfig(path=str(GPT2)), corpus)
+    expected = tokenizer.encode(corpus.splits["train"])
+    token_splits(corpus, tokenizer)
+    path = next(tmp_path.glob("tokens/*/train.npy"))
+    whole = path.read_bytes()
+    for damaged in (whole[:len(whole) // 2], b"", whole[:128] + bytes(len(whole) - 128)):
+        path.write_bytes(damaged)
+        with pytest.warns(UserWarning, match="train.npy is damaged or incomplete; tokenising train again"):
+            ids = token_splits(corpus, tokenizer)["train"]
+        assert np.array_equal(ids, expected) and path.read_bytes() == whole
+
+
+def test_a_corpus_is_read_as_written_and_the_stdlib_harvest_ignores_where_python_lives(tmp_path):
+    from jaxscale.data.corpora import _harvest
+
+    corpus = tmp_path / "crlf"
+    corpus.mkdir()
+    for split in ("train", "valid", "test"):
+        (corpus / f"{split}.txt").write_bytes(b"First line.\r\nSecond line.\r\n")
+    assert from_directory(corpus).splits["train"] == "First line.\r\nSecond line.\r\n"
+    root = tmp_path / "tests" / "lib" / "python3.11"  # a prefix with "tests" in it: not the stdlib's own tests
+    (root / "email").mkdir(parents=True)
+    (root / "email" / "parser.py").write_text('"""This module reads messages and turns them into objects for you."""\n')
+    (root / "test").mkdir()
+    (root / "test" / "test_parser.py").write_text('"""This module tests the parser against many messages, slowly."""\n')
+    harvest = _harvest(root)  # the first module goes to valid, the second would go to test
+    assert harvest["valid"] == "This module reads messages and turns them into objects for you.\n"
+    assert harvest["test"] == "\n"
+
+
 @needs_shared(ENWIKI)
 def test_a_given_path_overrides_the_configs_source():
     corpus = load_corpus(DataConfig(source="hf", path=str(ENWIKI)))

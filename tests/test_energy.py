@@ -260,3 +260,80 @@ def test_a_snapshot_is_the_segment_so_far_and_sampling_goes_on(tmp_path):
     final = sampler.summary
     assert final.window("steps").count == 2 and final.window("steps").duration_s > steps.duration_s + 0.15
     assert final.energy_j > snap.energy_j + 0.15 * 200
+
+
+class FailingNVML(ScriptedNVML):
+    """Every reading fails once `failing` is set (after the meter has probed the GPU): NVML's "GPU is lost"."""
+
+    failing = False
+
+    def _fail(self):
+        if self.failing:
+            raise self.NVMLError(15)
+
+    def nvmlDeviceGetTotalEnergyConsumption(self, handle):
+        self._fail()
+        return super().nvmlDeviceGetTotalEnergyConsumption(handle)
+
+    def nvmlDeviceGetFieldValues(self, handle, ids):
+        self._fail()
+        return super().nvmlDeviceGetFieldValues(handle, ids)
+
+    def nvmlDeviceGetPowerUsage(self, handle):
+        self._fail()
+        return super().nvmlDeviceGetPowerUsage(handle)
+
+
+@pytest.mark.parametrize("counter", [True, False])
+def test_failed_readings_make_energy_unavailable_never_zero(counter):
+    nvml = FailingNVML([ScriptedGPU(constant(200.0), counter=counter)])
+    meter = open_meter("nvml", nvml=nvml)
+    with Sampler(meter, hz=50) as sampler:
+        started = time.monotonic()
+        time.sleep(0.2)
+        before = sampler.mark()  # 200 W over the interval, read while the GPU answers
+        interval = time.monotonic() - started
+        nvml.failing = True
+        time.sleep(0.2)
+        after = sampler.mark()
+        with sampler.window("eval"):
+            time.sleep(0.05)
+    summary = sampler.summary
+    assert before == pytest.approx(200.0 * interval, rel=0.1)
+    assert after is None and summary.window("eval").energy_j is None and summary.window("steps").energy_j is None
+    assert summary.energy_j is None and summary.power_mean_w is None and summary.energy_source == "unavailable"
+    assert "failed reads" in summary.energy_reason and summary.read_errors > 0
+
+
+def test_a_snapshot_inside_a_reopened_window_adds_its_earlier_time():
+    meter = open_meter("nvml", nvml=ScriptedNVML([ScriptedGPU(constant(100.0))]))  # exact counter
+    with Sampler(meter, hz=50) as sampler:
+        with sampler.window("eval"):
+            time.sleep(0.1)
+        sampler.begin_window("eval")
+        time.sleep(0.1)
+        snap = sampler.snapshot().window("eval")
+        sampler.end_window("eval")
+    assert snap.count == 2 and snap.duration_s >= 0.2
+    assert snap.energy_j == pytest.approx(100.0 * snap.duration_s, rel=1e-3)
+    assert sampler.summary.window("eval").energy_j >= snap.energy_j
+
+
+def test_without_a_meter_no_window_reads_zero_joules():
+    with Sampler(open_meter("none"), hz=10) as sampler:
+        with sampler.window("eval"):
+            pass
+    row = sampler.summary.as_row()
+    assert row["steps_energy_j"] is None and row["eval_energy_j"] is None and row["energy_j"] is None
+
+
+def test_a_run_whose_segments_did_not_all_measure_says_which():
+    from jaxscale.train import combine_energy
+    measured = {"energy_j": 100.0, "duration_s": 10.0, "power_peak_w": 30.0, "steps_energy_j": 80.0, "steps_s": 8.0,
+                "energy_source": "counter", "energy_reason": ""}
+    unmeasured = {"energy_j": None, "duration_s": 4.0, "power_peak_w": None, "steps_energy_j": None, "steps_s": 3.0,
+                  "energy_source": "unavailable", "energy_reason": "no NVML here"}
+    combined = combine_energy([unmeasured, measured])
+    assert combined["energy_j"] is None and combined["steps_energy_j"] is None and combined["steps_s"] == 11.0
+    assert combined["energy_source"] == "unavailable"
+    assert combined["energy_reason"] == "segment 1 of 2 measured no energy: no NVML here"

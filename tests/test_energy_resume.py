@@ -94,3 +94,22 @@ def test_step_energy_survives_sigterm_and_sigkill_and_leaves_compile_out(tmp_pat
     traces = sorted(p.name for p in run_dir.glob("power*.csv"))
     assert traces == ["power.1.csv", "power.2.csv", "power.csv"]
     assert all(len((run_dir / name).read_text().splitlines()) > 5 for name in traces)
+
+
+def test_a_run_resumed_from_its_final_checkpoint_keeps_its_steps_energy(tmp_path):
+    """checkpoint.final = true; the summary is then lost (a kill between the final checkpoint and summary.json, or
+    a damaged summary retried): the run resumes at its last step, and its steps' energy is still the steps'."""
+    config, out = tmp_path / "energy.toml", tmp_path / "sweep"
+    config.write_text(CONFIG.replace("tokens = 256000", "tokens = 25600").replace("every = 100", "every = 0\nfinal = true"))
+    run_dir = out / "000-energy"
+    for _ in range(2):
+        proc = start(config, out)
+        _, err = proc.communicate(timeout=600)
+        assert proc.returncode == 0, err[-3000:]
+        if not (run_dir / "summary.damaged.json").exists():
+            (run_dir / "summary.json").write_text('{"truncated')
+    summary = json.loads((run_dir / "summary.json").read_text())
+    kept_steps_s = sum(json.loads(line)["step_s"] for line in (run_dir / "metrics.jsonl").read_text().splitlines())
+    assert summary["resumed_at_steps"] == [100] and summary["energy_segments"] == 2
+    assert summary["steps_s"] == pytest.approx(kept_steps_s, rel=0.005)
+    assert summary["steps_energy_j"] == pytest.approx(WATTS * kept_steps_s, rel=0.005)

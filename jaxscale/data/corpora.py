@@ -67,7 +67,7 @@ def from_directory(path: Path) -> Corpus:
         if found is None:
             raise ConfigError(f"data.path: {path} has no {split} split; expected one of {', '.join(names)}")
         try:
-            splits[split] = found.read_text(encoding="utf-8")
+            splits[split] = found.read_bytes().decode("utf-8")  # as written: no newline translation (CRLF stays)
         except UnicodeDecodeError as err:
             raise ConfigError(f"data.path: {found} is not UTF-8 text ({err.reason} at byte {err.start})") from None
     return Corpus(name=path.name, splits=splits)
@@ -121,7 +121,7 @@ def stdlib_docstrings() -> Corpus:
 
 def _harvest(root: Path) -> dict:
     files = sorted(p for p in root.rglob("*.py")
-                   if not any(part in {"test", "tests", "idlelib", "site-packages", "lib2to3"} for part in p.parts))
+                   if not {"test", "tests", "idlelib", "site-packages", "lib2to3"} & set(p.relative_to(root).parts))
     modules = []
     for path in files:
         try:

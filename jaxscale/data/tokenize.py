@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import hashlib
 import itertools
+import json
 import re
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -13,7 +15,7 @@ import numpy as np
 
 from jaxscale.config import ConfigError, TokenizerConfig
 from jaxscale.data.corpora import SPLITS, Corpus, cache_root
-from jaxscale.files import replacing
+from jaxscale.files import replacing, write_atomic
 
 
 # Where a text may be cut into pieces encoded apart: after a run of whitespace that ends in a line break, before
@@ -118,15 +120,36 @@ def trained_bpe(corpus: Corpus, vocab_size: int) -> Tokenizer:
 
 
 def token_splits(corpus: Corpus, tokenizer: Tokenizer) -> dict[str, np.ndarray]:
-    """Each split as a read-only memmapped token array, cached under a hash of corpus + tokenizer."""
+    """Each split as a read-only memmapped token array, cached under a hash of corpus + tokenizer. A cached array
+    is used only if it is whole (its length and digest as recorded beside it); else the split is tokenised again."""
     # "-w": ids as of encoding each split whole (caches of line-by-line ids, before, have no suffix)
     directory = cache_root() / "tokens" / f"{corpus.fingerprint}-{tokenizer.fingerprint}-w"
     arrays = {}
     for split in SPLITS:
         path = directory / f"{split}.npy"
-        if not path.is_file():
+        arrays[split] = _cached(path)
+        if arrays[split] is None:
+            if path.exists():
+                warnings.warn(f"token cache {path} is damaged or incomplete; tokenising {split} again", stacklevel=2)
             directory.mkdir(parents=True, exist_ok=True)
             with replacing(path) as tmp, open(tmp, "wb") as f:  # concurrent sweeps never read half a file
                 np.save(f, tokenizer.encode(corpus.splits[split]))
-        arrays[split] = np.load(path, mmap_mode="r")
+            arrays[split] = np.load(path, mmap_mode="r")
+            write_atomic(path.with_suffix(".json"), json.dumps({"tokens": len(arrays[split]),
+                                                                 "sha256": _digest(arrays[split])}))
     return arrays
+
+
+def _digest(ids: np.ndarray) -> str:
+    return hashlib.sha256(np.ascontiguousarray(ids).view(np.uint8)).hexdigest()
+
+
+def _cached(path: Path) -> np.ndarray | None:
+    """The ids cached at `path` if they are what was written (length and digest of its .json record), else None."""
+    try:
+        record = json.loads(path.with_suffix(".json").read_text())
+        ids = np.load(path, mmap_mode="r")
+        whole = len(ids) == record["tokens"] and _digest(ids) == record["sha256"]
+    except (OSError, ValueError, EOFError, KeyError, TypeError):  # missing, truncated or not an array
+        return None
+    return ids if whole else None

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import dataclasses
 import logging
 import threading
 import time
@@ -78,10 +79,10 @@ class _Track:
 
 @dataclass(frozen=True)
 class _Point:
-    """A boundary (start, mark, window edge): time and each device's (trapz_j, counter_j)."""
+    """A boundary (start, mark, window edge): time and each device's (trapz_j, counter_j, power read here)."""
 
     t: float
-    cumulative: tuple[tuple[float, float | None], ...]
+    cumulative: tuple[tuple[float, float | None, bool], ...]
 
 
 @dataclass
@@ -162,9 +163,9 @@ class Sampler:
         with self._lock:
             if self._csv_file:
                 self._csv_file.flush()
-        totals = dict(self._totals)
+        totals = {name: dataclasses.replace(total) for name, total in self._totals.items()}  # copies: stop() adds
         for name, begin in self._open.items():
-            totals[name] = _Total(self._energy(begin, point), point.t - begin.t, 1)
+            totals.setdefault(name, _Total()).add(self._energy(begin, point), point.t - begin.t)
         return self._summarise(point, totals)
 
     def __enter__(self) -> Sampler:
@@ -259,7 +260,7 @@ class Sampler:
                 track = self._tracks[i]
                 power_w = self._update(track, t, power_w, counter_j)
                 total_w = None if power_w is None or total_w is None else total_w + power_w
-                cumulative.append((track.trapz_j, counter_j))  # this reading's counter, not a stale one
+                cumulative.append((track.trapz_j, counter_j, power_w is not None))  # this reading's, not stale ones
                 if self._csv:
                     self._csv.writerow((f"{t - self._t0:.6f}", self.meter.devices[i].name,
                                         _fmt(power_w), _fmt(counter_j)))
@@ -288,34 +289,45 @@ class Sampler:
         return power_w
 
     def _energy(self, a: _Point, b: _Point) -> float | None:
+        """Energy between two boundaries, all devices; None where a device's reading failed at either one (its
+        energy there is unknown, not 0)."""
         if not self.meter.devices:
             return None
         total = 0.0
-        for device, (trapz_a, counter_a), (trapz_b, counter_b) in zip(self.meter.devices, a.cumulative, b.cumulative):
-            use_counter = device.has_counter and counter_a is not None and counter_b is not None
-            total += counter_b - counter_a if use_counter else trapz_b - trapz_a
+        for device, (trapz_a, counter_a, read_a), (trapz_b, counter_b, read_b) in zip(
+                self.meter.devices, a.cumulative, b.cumulative):
+            if device.has_counter and counter_a is not None and counter_b is not None:
+                total += counter_b - counter_a
+            elif read_a and read_b:
+                total += trapz_b - trapz_a
+            else:
+                return None
         return total
 
     def _summarise(self, last: _Point, totals: dict[str, _Total]) -> EnergySummary:
         duration = last.t - self._first.t
         energy = self._energy(self._first, last)
         available = energy is not None
-        windows = tuple(WindowEnergy(name, t.energy_j, t.duration_s, t.count) for name, t in totals.items())
+        measured = bool(self.meter.devices)  # (a window with no interval in it is 0 J only where there is a meter)
+        windows = tuple(WindowEnergy(name, t.energy_j if measured else None, t.duration_s, t.count)
+                        for name, t in totals.items())
         idle = self.idle_power_w if available else None
+        read_errors = self._errors + getattr(self.meter, "errors", 0) - self._meter_errors_at_start
         return EnergySummary(
             energy_j=energy,
             power_mean_w=energy / duration if available and duration > 0 else None,
             power_peak_w=self._peak_w,
             duration_s=duration,
             sample_hz=self._thread_reads / duration if available and duration > 0 else None,
-            energy_source=_source(self.meter),
-            energy_reason=self.meter.reason if not available else "",
+            energy_source=_source(self.meter) if available else "unavailable",
+            energy_reason="" if available else self.meter.reason or (
+                f"a meter reading failed at the start or the end ({read_errors} failed reads)"),
             meter=self.meter.kind,
             devices=tuple(str(d) for d in self.meter.devices),
             windows=windows,
             idle_power_w=idle,
             energy_above_idle_j=energy - idle * duration if idle is not None else None,
-            read_errors=self._errors + getattr(self.meter, "errors", 0) - self._meter_errors_at_start,
+            read_errors=read_errors,
         )
 
     def _close_csv(self) -> None:
