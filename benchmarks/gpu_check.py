@@ -93,8 +93,9 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 
 import step_time  # noqa: E402
 from jaxscale import runtime  # noqa: E402
-from jaxscale.config import expand, load_raw  # noqa: E402
+from jaxscale.config import Config, DataConfig, expand, load_raw  # noqa: E402
 from jaxscale.energy import Device, Sampler, open_meter  # noqa: E402
+from jaxscale.energy.meters import gpus_of  # noqa: E402
 from jaxscale.models import build_model, count_params, flops_per_token  # noqa: E402
 from jaxscale.step import compiled_steps, init_state, step_key  # noqa: E402
 
@@ -209,7 +210,11 @@ def random_batches(vocab: int, batch: int, seq_len: int, n: int = 2) -> list[jax
 
 
 def compiled_run(model_cfg, train, seq_len: int, vocab: int, batch, with_eval: bool = False) -> tuple:
-    """(state, compiled train step, compiled eval step or None, compile seconds) for jaxscale's own steps."""
+    """(state, compiled train step, compiled eval step or None, compile seconds) for jaxscale's own steps, every
+    `auto` resolved for the device as jaxscale.train resolves it."""
+    config = runtime.resolve(Config(data=DataConfig(seq_len=seq_len), model=model_cfg, train=train),
+                             runtime.hardware(jax.devices()[:1]), vocab)
+    model_cfg, train = config.model, config.train
     model = build_model(model_cfg, vocab, seq_len)
     state = init_state(model, train, 10_000, seq_len, jax.random.key(0))
     jax.block_until_ready(state)
@@ -410,7 +415,9 @@ def energy(sz: Sizes, budget: Budget, nvml=None) -> dict:
     """nvml: a pynvml stand-in (tests); None reads the real NVML."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        meter = open_meter("nvml", nvml=nvml)
+        device = jax.devices()[0]  # the GPU this check runs on, by PCI bus id (NVML numbers GPUs differently)
+        meter = open_meter("nvml", nvml=nvml, gpus=gpus_of([device.local_hardware_id]) if device.platform == "gpu"
+                           else None)
     if meter.kind == "none":
         return {"status": "unavailable", "reason": meter.reason}
     try:

@@ -238,9 +238,11 @@ def main(argv=None) -> int:
                         help="retain: glibc keeps freed memory, as jaxscale.train sets it (jaxscale.hostmem), for every "
                              "framework in this process; default: glibc's defaults, as a plain PyTorch script runs")
     args = parser.parse_args(argv)
-    if args.host_memory == "retain" and not hostmem.retain_freed_memory():
+    on_cpu = runtime.expected_platform() == "cpu"  # the CPU tunings, as jaxscale.train applies them: on CPUs only
+    if on_cpu and args.host_memory == "retain" and not hostmem.retain_freed_memory():
         parser.error("--host-memory retain: glibc's mallopt is not available here")
-    xla_cpu.prefer_wide_vectors()  # as jaxscale.train does (XLA's code generation; PyTorch is unaffected)
+    if on_cpu:
+        xla_cpu.prefer_wide_vectors()  # XLA's code generation; PyTorch is unaffected
 
     log = (lambda msg: print(msg, file=sys.stderr, flush=True)) if args.json else (lambda msg: print(msg, flush=True))
     raw = load_raw(args.config, args.set)

@@ -113,10 +113,13 @@ def target_devices(target: Target, n: int) -> list:
         raise ConfigError(f"target {target.name}: not a usable GPU description ({str(err)[:300]})") from None
 
 
-def fit_line(total: int, memory: int, cfg, mesh) -> str:
-    """XLA's bytes per device against the device's memory, with what would help when it does not fit."""
+def fit_line(total: int, memory: int, cfg, mesh, pool: int = 0) -> str:
+    """XLA's bytes per device against the device's memory, with what would help when it does not fit; `pool`:
+    JAX's default allocator pool, which a program above it outgrows unless the pool is raised or grows."""
     if total <= memory:
-        return f"fits, {fmt_bytes(memory - total)} headroom of {fmt_bytes(memory)}"
+        above = (f"; above JAX's default pool of {fmt_bytes(pool)}: set XLA_PYTHON_CLIENT_MEM_FRACTION higher (or use "
+                 "a JAX whose pool grows)") if total > pool > 0 else ""
+        return f"fits, {fmt_bytes(memory - total)} headroom of {fmt_bytes(memory)}{above}"
     tries = []
     if cfg.remat != "full":
         tries.append("model.remat=full")
@@ -214,7 +217,8 @@ def plan_model(config: Config, runs: list, devices, peaks: Peaks, mfu: float, xl
                target: Target | None = None) -> list[str]:
     """The lines for one model (and batch, sequence, mesh) and the runs that train it."""
     vocab = vocab_size(config)
-    hw = runtime.hardware(devices, memory_bytes=target.memory_bytes if target else None)
+    # as a run on that GPU would see it: the allocator's pool, not the whole memory (loss = auto depends on it)
+    hw = runtime.hardware(devices, memory_bytes=runtime.pool_bytes(target.memory_bytes) if target else None)
     requested = config
     config = runtime.resolve(config, hw, vocab)
     cfg, t, seq = config.model, config.train, config.data.seq_len
@@ -257,7 +261,9 @@ def plan_model(config: Config, runs: list, devices, peaks: Peaks, mfu: float, xl
             lines.append(f"XLA memory  arguments {fmt_bytes(m.argument_size_in_bytes)}, temporaries "
                          f"{fmt_bytes(m.temp_size_in_bytes)}, total {fmt_bytes(peak_mem)} per device "
                          f"({devices[0].platform} backend)")
-            if hw.memory_bytes:
+            if target:
+                lines.append(f"fit         {fit_line(peak_mem, target.memory_bytes, cfg, mesh, hw.memory_bytes)}")
+            elif hw.memory_bytes:
                 lines.append(f"fit         {fit_line(peak_mem, hw.memory_bytes, cfg, mesh)}")
         else:
             lines.append("XLA memory  not reported by this backend")

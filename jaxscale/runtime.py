@@ -79,6 +79,14 @@ def pin_cpu(environ=os.environ, gpu_device_nodes=GPU_DEVICE_NODES) -> bool:
             and not any(os.path.exists(node) for node in gpu_device_nodes))
 
 
+def pool_bytes(device_memory: int, environ=os.environ) -> int:
+    """The limit a JAX process's GPU allocator reports (`bytes_limit`, what `loss = auto` reads) on a device of
+    `device_memory` bytes: its preallocated pool, XLA_CLIENT_MEM_FRACTION (or XLA_PYTHON_CLIENT_MEM_FRACTION) of
+    the memory, by default 0.75. A compile-only device reports nothing: the plan asks this instead."""
+    fraction = environ.get("XLA_CLIENT_MEM_FRACTION") or environ.get("XLA_PYTHON_CLIENT_MEM_FRACTION") or "0.75"
+    return int(device_memory * float(fraction))
+
+
 @dataclasses.dataclass(frozen=True)
 class Hardware:
     """What the `auto` choices depend on, read once from the devices a step will run on."""
@@ -97,8 +105,12 @@ def hardware(devices, memory_bytes: int | None = None) -> Hardware:
     first = devices[0]
     platform = "gpu" if first.platform in GPU_PLATFORMS else first.platform
     if memory_bytes is None:
+        import jax
+
+        # a device of this process: another process's device reports nothing here (and processes must agree)
+        mine = next((d for d in devices if d.process_index == jax.process_index()), first)
         try:
-            memory_bytes = int((first.memory_stats() or {}).get("bytes_limit", 0))
+            memory_bytes = int((mine.memory_stats() or {}).get("bytes_limit", 0))
         except Exception:  # noqa: BLE001 - CPU and compile-only devices do not implement it
             memory_bytes = 0
     return Hardware(platform=platform, device_kind=first.device_kind,
@@ -111,7 +123,8 @@ def resolve(config: Config, hw: Hardware, vocab_size: int) -> Config:
     """`config` with every `auto` replaced by the concrete choice for `hw` (other values unchanged)."""
     m, t = config.model, config.train
     try:
-        attention = choose_attention(m.attention, hw.platform, hw.compute_capability, m.dtype, m.d_model // heads(m))
+        attention = choose_attention(m.attention, hw.platform, hw.compute_capability, m.dtype, m.d_model // heads(m),
+                                     config.data.seq_len)
     except ValueError as err:
         raise ConfigError(str(err)) from None
     loss = t.loss

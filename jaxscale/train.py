@@ -114,8 +114,11 @@ def local_gpu_ordinals() -> list[int] | None:
 
 
 def open_process_meter(kind: str):
-    """The meter of exactly this process's GPUs (by PCI bus id), or of whatever `kind` finds off GPUs."""
+    """The meter of exactly this process's GPUs (by PCI bus id), or of whatever `kind` finds off GPUs. On GPUs,
+    "auto" is NVML only: where NVML fails, energy is unavailable, not the CPU package's (RAPL) in its place."""
     ordinals = local_gpu_ordinals()
+    if ordinals and kind == "auto":
+        kind = "nvml"
     meter = open_meter(kind, gpus=gpus_of(ordinals) if ordinals else None)
     if meter.devices:
         print(f"energy: process {jax.process_index()} meters {meter.kind} "

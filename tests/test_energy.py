@@ -337,3 +337,19 @@ def test_a_run_whose_segments_did_not_all_measure_says_which():
     assert combined["energy_j"] is None and combined["steps_energy_j"] is None and combined["steps_s"] == 11.0
     assert combined["energy_source"] == "unavailable"
     assert combined["energy_reason"] == "segment 1 of 2 measured no energy: no NVML here"
+
+
+def test_on_gpus_auto_meters_the_gpus_or_nothing(monkeypatch):
+    """A GPU run whose NVML fails must not report the CPU package's energy (RAPL) as the run's."""
+    from jaxscale import train
+    from jaxscale.energy.meters import NoMeter
+
+    asked = []
+    monkeypatch.setattr(train, "open_meter", lambda kind, gpus=None: asked.append((kind, gpus)) or NoMeter("-"))
+    monkeypatch.setattr(train, "gpus_of", lambda ordinals: [f"bus{i}" for i in ordinals])
+    monkeypatch.setattr(train, "local_gpu_ordinals", lambda: [0])
+    train.open_process_meter("auto")
+    train.open_process_meter("rapl")  # asked for by name: as asked
+    monkeypatch.setattr(train, "local_gpu_ordinals", lambda: None)  # off GPUs
+    train.open_process_meter("auto")
+    assert asked == [("nvml", ["bus0"]), ("rapl", ["bus0"]), ("auto", None)]

@@ -68,6 +68,8 @@ def test_auto_attention_is_cudnn_only_where_cudnns_fused_kernel_runs():
     assert choose_attention("auto", "gpu", "7.0", "bfloat16", 64) == "xla"
     assert choose_attention("auto", "gpu", "9.0", "bfloat16", 12) == "xla"
     assert choose_attention("auto", "gpu", "9.0", "bfloat16", 256) == "xla"
+    assert choose_attention("auto", "gpu", "9.0", "bfloat16", 64, seq_len=2047) == "xla"  # cuDNN's backward: even T
+    assert choose_attention("auto", "gpu", "9.0", "bfloat16", 64, seq_len=2048) == "cudnn"
     assert choose_attention("auto", "cpu", "", "bfloat16", 64) == "xla"
     assert choose_attention("xla", "gpu", "9.0", "bfloat16", 64) == "xla"
     assert choose_attention("cudnn", "gpu", "7.0", "float32", 12) == "cudnn"  # insisted on: cuDNN's own error

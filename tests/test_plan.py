@@ -171,3 +171,11 @@ def test_unknown_target_and_bad_spec_are_one_line_errors(tmp_path):
     bad.write_text("not a proto")
     code, _, err = plan_cli("--target-spec", str(bad))
     assert code == 2 and "not a GPU description" in err and "Traceback" not in err
+
+
+def test_a_program_above_jaxs_default_pool_is_said_to_need_more_of_the_device():
+    from jaxscale.plan import fit_line
+
+    line = fit_line(70_000_000_000, 85_000_000_000, None, None, pool=63_750_000_000)
+    assert line.startswith("fits, 15.00 GB headroom of 85.00 GB; above JAX's default pool of 63.75 GB")
+    assert "pool" not in fit_line(40_000_000_000, 85_000_000_000, None, None, pool=63_750_000_000)

@@ -140,3 +140,37 @@ def test_a_run_records_what_each_auto_became(tmp_path):
         assert config["resolved"] == expected and summary["resolved"] == expected
         assert config["model"]["attention"] == "xla" and config["train"]["loss"] == "stored"
         assert (summary["attention"], summary["loss_mode"]) == ("xla", "stored")
+
+
+class FakeDevice:
+    platform, device_kind, compute_capability = "gpu", "NVIDIA H100 80GB HBM3", "9.0"
+
+    def __init__(self, process_index: int, bytes_limit: int):
+        self.process_index, self._limit = process_index, bytes_limit
+
+    def memory_stats(self):
+        if self.process_index != 0:  # as jax answers for another process's device
+            raise RuntimeError("MemoryStats is only supported for addressable PjRt devices")
+        return {"bytes_limit": self._limit}
+
+
+def test_memory_is_read_from_a_device_of_this_process():
+    """On process 0 of a two-host mesh whose first device is another process's (as every process but 0 sees it):
+    the memory is this process's device's, so every process makes the same `auto` choices."""
+    hw = runtime.hardware([FakeDevice(1, 0), FakeDevice(0, 63_733_825_536)])
+    assert hw.memory_bytes == 63_733_825_536 and hw.n_devices == 2 and hw.platform == "gpu"
+
+
+def test_the_plan_reads_the_pool_a_run_would_get():
+    """JAX preallocates 75% of a GPU unless XLA_CLIENT_MEM_FRACTION (or the older XLA_PYTHON_CLIENT_MEM_FRACTION)
+    says otherwise; `loss = auto` reads that pool. TinyLlama's logits and their gradient (8 x 16,384 x 32,000 bytes =
+    4.19 GB) exceed 1/16 of an H100's default pool (3.98 GB): blocked; with 90% of it (4.78 GB): full."""
+    from jaxscale.loss import choose_loss
+
+    h100 = 84_978_434_048
+    assert runtime.pool_bytes(h100, {}) == int(0.75 * h100)
+    assert runtime.pool_bytes(h100, {"XLA_PYTHON_CLIENT_MEM_FRACTION": ".9"}) == int(0.9 * h100)
+    assert runtime.pool_bytes(h100, {"XLA_CLIENT_MEM_FRACTION": ".5", "XLA_PYTHON_CLIENT_MEM_FRACTION": ".9"}) == h100 // 2
+    logits = (16_384, 32_000, 2048, "gpu", True)
+    assert choose_loss(*logits, runtime.pool_bytes(h100, {})) == "blocked"
+    assert choose_loss(*logits, runtime.pool_bytes(h100, {"XLA_PYTHON_CLIENT_MEM_FRACTION": ".9"})) == "full"
