@@ -219,7 +219,8 @@ def learning_rate(step: int, train: TrainConfig, steps: int) -> float:
     warmup = -(-int(train.warmup_frac * steps * 1000) // 1000)
     if step < warmup:
         return train.lr * (step + 1) / max(warmup, 1)
-    progress = min(max((step - warmup) / max(steps - warmup - 1, 1), 0.0), 1.0)
+    decay = steps - warmup  # its first step at the peak, its last at the floor (one step: the floor)
+    progress = min(max((step - warmup) / (decay - 1), 0.0), 1.0) if decay > 1 else 1.0
     return train.lr * (train.min_lr_ratio + (1 - train.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress)))
 
 

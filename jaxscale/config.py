@@ -382,6 +382,9 @@ def validate(config: Config) -> None:
     n_heads = m.n_heads or default_heads(m)
     if m.d_model % n_heads:
         raise ConfigError(f"model.n_heads: {n_heads} does not divide model.d_model {m.d_model}")
+    if m.n_kv_heads and m.arch != "llama":
+        raise ConfigError(f"model.n_kv_heads: only model.arch = 'llama' groups its key/value heads (the tiny "
+                          f"transformer has as many as query heads); got {m.n_kv_heads} with arch {m.arch!r}")
     if m.n_kv_heads and n_heads % m.n_kv_heads:
         raise ConfigError(f"model.n_kv_heads: {m.n_kv_heads} does not divide n_heads {n_heads}")
     if m.arch == "llama" and (m.d_model // n_heads) % 2:

@@ -197,7 +197,9 @@ def _gradients(h, w, y, lse, scale, token_block, vocab_block):
     """scale x (d loss_sum / dh, d loss_sum / dW), dW accumulated in place block by block."""
     n, d = h.shape
     hb, lb = _token_blocks(h, token_block), _token_blocks(lse, token_block)
-    hs = hb * scale.astype(h.dtype)  # the scale rides on h in dW = (s h)^T P: no pass over dW for it
+    # the scale rides on h in dW = (s h)^T P (no pass over dW for it), multiplied in float32: a bf16 1/n would
+    # scale the whole gradient by bf16(1/n)·n (up to ±0.2%), where per-element rounding averages out
+    hs = (hb.astype(jnp.float32) * scale).astype(h.dtype)
 
     def tile(h_t, hs_t, lse_t, wb):  # -> (P @ W_b [t, d], (s h)^T @ P [d, v])
         p = jnp.exp(_logits(h_t, wb) - lse_t[:, None]).astype(w.dtype)

@@ -45,19 +45,25 @@ def learning_rate(step, schedule):
     peak, warmup, total, min_ratio, wsd, cooldown, one_minus_sqrt = (schedule[i] for i in range(len(SCHEDULE_FIELDS)))
     step = step.astype(jnp.float32)
     warm = peak * (step + 1) / jnp.maximum(warmup, 1)
-    progress = jnp.clip((step - warmup) / jnp.maximum(total - warmup - 1, 1), 0, 1)
+    # a decay of k steps runs from the peak (its first) to the floor (its last); a decay of one step is its last
+    progress = jnp.where(total - warmup > 1, jnp.clip((step - warmup) / jnp.maximum(total - warmup - 1, 1), 0, 1), 1.0)
     cosine = peak * (min_ratio + (1 - min_ratio) * 0.5 * (1 + jnp.cos(jnp.pi * progress)))
     start = total - cooldown
-    down = jnp.clip((step - start) / jnp.maximum(cooldown - 1, 1), 0, 1)
+    down = jnp.where(cooldown > 1, jnp.clip((step - start) / jnp.maximum(cooldown - 1, 1), 0, 1), 1.0)
     fall = jnp.where(one_minus_sqrt > 0, jnp.sqrt(down), down)
     stable_decay = jnp.where(step < start, peak, peak * (min_ratio + (1 - min_ratio) * (1 - fall)))
     return jnp.where(step < warmup, warm, jnp.where(wsd > 0, stable_decay, cosine))
 
 
+def decays(path, param) -> bool:
+    """Weight decay on matrices (kernels, embeddings), never on biases or norm scales, whatever their rank: the tiny
+    model's fused qkv bias is [3, heads, head_dim], a scanned model's norms are [layers, d]."""
+    return getattr(path[-1], "key", None) not in ("bias", "scale") and param.ndim - stacked_axes(path) >= 2
+
+
 def optimizer(train: TrainConfig) -> optax.GradientTransformation:
     """AdamW without its learning rate (applied by the step): clip, Adam, decoupled decay on matrices."""
-    decay_mask = lambda params: jax.tree_util.tree_map_with_path(  # noqa: E731
-        lambda path, p: p.ndim - stacked_axes(path) >= 2, params)  # a scanned model's [layers, d] norms are vectors
+    decay_mask = lambda params: jax.tree_util.tree_map_with_path(decays, params)  # noqa: E731
     parts = [optax.scale_by_adam(b1=train.beta1, b2=train.beta2), optax.add_decayed_weights(train.weight_decay, decay_mask)]
     if train.grad_clip > 0:
         parts.insert(0, clip_by_global_norm(train.grad_clip))

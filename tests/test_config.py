@@ -59,6 +59,7 @@ def test_overrides_are_toml_values_or_strings(tmp_path):
     ("model = []\n", r"model: an empty array of tables sweeps over nothing"),
     ("[model]\narch = 'llama'\nd_model = 24\nn_heads = 8\n", r"model.n_heads: 8 heads .* odd head size \(3\)"),
     ("[tokenizer]\nvocab_size = 100\n", r"tokenizer.vocab_size: must be >= 256, got 100"),
+    ("[model]\nn_kv_heads = 1\n", r"model.n_kv_heads: only model.arch = 'llama' groups"),
     ("[train]\ntokens = [2048, 2048]\nbatch_size = 2\n[data]\nseq_len = 8\n",
      r"runs 0 and 1 of the sweep are both labelled 'tokens2048'"),
     ("[[model]]\nname = 'a/b'\n[[model]]\nname = 'a_b'\n", r"both labelled 'a_b'"),

@@ -305,7 +305,7 @@ def test_the_command_line_stops_before_writing(setup, hf_llama, tmp_path, capsys
 @pytest.mark.parametrize("tie", [True, False])
 def test_tiny_transformer_exports_as_gpt2(setup, tmp_path, tie):
     _, config, vocab = setup
-    run_dir = train(config, tmp_path / "sweep", "model.arch=tiny", "model.n_heads=2",
+    run_dir = train(config, tmp_path / "sweep", "model.arch=tiny", "model.n_heads=2", "model.n_kv_heads=0",
                     f"model.tie_embeddings={str(tie).lower()}")
     assert export_main([str(run_dir), str(tmp_path / "gpt2")]) == 0
     model, info = transformers.GPT2LMHeadModel.from_pretrained(

@@ -62,3 +62,12 @@ def test_cosine_and_wsd_runs_share_one_compiled_step():
 def test_bad_schedules_are_named(override, message):
     with pytest.raises(ConfigError, match=re.escape(message)):
         expand({"name": "x", "train": override})
+
+
+@pytest.mark.parametrize("schedule", ["cosine", "wsd"])
+def test_a_decay_of_one_step_ends_at_the_floor(schedule):
+    """The tiny grid's 5e3-token budget: 4 steps, 3 of warmup, one left to decay (wsd: a cooldown of ceil(0.8) = 1)."""
+    lr = lrs(TrainConfig(lr=1e-3, min_lr_ratio=0.1, warmup_steps=3, schedule=schedule), 4)
+    np.testing.assert_allclose(lr, [1e-3 / 3, 2e-3 / 3, 1e-3, 1e-4], rtol=1e-6)
+    two = lrs(TrainConfig(lr=1e-3, min_lr_ratio=0.1, warmup_steps=3, schedule=schedule, cooldown_frac=0.4), 5)
+    np.testing.assert_allclose(two[3:], [1e-3, 1e-4], rtol=1e-6)  # two steps: from the peak to the floor

@@ -46,3 +46,22 @@ def test_adamw_matches_the_optax_chain_over_clipped_steps():
         u_ref, s_ref = ref.update(grads, s_ref, params)
         for a, b in zip(jax.tree.leaves(u_ours), jax.tree.leaves(u_ref)):
             np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
+
+
+def test_weight_decay_spares_every_bias_and_norm_whatever_its_rank():
+    """The tiny model's fused qkv bias is [3, heads, head_dim]; a scanned Llama's norms are [layers, d]: neither
+    is decayed. With zero gradients the decoupled decay's update is 0.1 x p exactly where p is decayed."""
+    from jaxscale.config import ModelConfig
+    from jaxscale.models import abstract_params
+
+    for cfg in (ModelConfig(d_model=32, d_mlp=64, n_layers=1), ModelConfig(arch="llama", d_model=64, d_mlp=128,
+                                                                          n_layers=2, n_heads=2)):
+        params = jax.tree.map(lambda x: jnp.ones(x.shape, jnp.float32), abstract_params(cfg, 256, 16))
+        opt = optimizer(TrainConfig(weight_decay=0.1, grad_clip=0.0))
+        updates, _ = opt.update(jax.tree.map(jnp.zeros_like, params), opt.init(params), params)
+        leaves = jax.tree_util.tree_leaves_with_path(updates)
+        decayed = {jax.tree_util.keystr(path): bool(np.any(u)) for path, u in leaves}
+        for name, was in decayed.items():  # kernels, token and position embeddings: yes; biases, norms: no
+            assert was == (not name.endswith(("['bias']", "['scale']"))), name
+        biases = [u.ndim for p, u in leaves if jax.tree_util.keystr(p).endswith("['bias']")]
+        assert 3 in biases if cfg.arch == "tiny" else not biases  # the fused qkv bias is there, and spared
