@@ -45,14 +45,19 @@ def learning_rate(step, schedule):
     peak, warmup, total, min_ratio, wsd, cooldown, one_minus_sqrt = (schedule[i] for i in range(len(SCHEDULE_FIELDS)))
     step = step.astype(jnp.float32)
     warm = peak * (step + 1) / jnp.maximum(warmup, 1)
-    # a decay of k steps runs from the peak (its first) to the floor (its last); a decay of one step is its last
-    progress = jnp.where(total - warmup > 1, jnp.clip((step - warmup) / jnp.maximum(total - warmup - 1, 1), 0, 1), 1.0)
+    progress = _through(step, warmup, total - warmup)
     cosine = peak * (min_ratio + (1 - min_ratio) * 0.5 * (1 + jnp.cos(jnp.pi * progress)))
     start = total - cooldown
-    down = jnp.where(cooldown > 1, jnp.clip((step - start) / jnp.maximum(cooldown - 1, 1), 0, 1), 1.0)
+    down = _through(step, start, cooldown)
     fall = jnp.where(one_minus_sqrt > 0, jnp.sqrt(down), down)
     stable_decay = jnp.where(step < start, peak, peak * (min_ratio + (1 - min_ratio) * (1 - fall)))
     return jnp.where(step < warmup, warm, jnp.where(wsd > 0, stable_decay, cosine))
+
+
+def _through(step, start, steps):
+    """How far `step` is through a decay of `steps` steps from `start`: 0 at its first step (the peak), 1 at its
+    last (the floor); a decay of one step is its last."""
+    return jnp.where(steps > 1, jnp.clip((step - start) / jnp.maximum(steps - 1, 1), 0, 1), 1.0)
 
 
 def decays(path, param) -> bool:
